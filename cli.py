@@ -1,0 +1,99 @@
+"""`scaling`: plan, run, fit and report scaling-law sweeps.
+
+    scaling plan CONFIG [--set key=value ...]          the grid and its cost; no compute
+    scaling run CONFIG [--output DIR] [--set k=v ...]   the scaling-sweep flow, locally
+    scaling fit RUNS.parquet [--out FITS.json]          refit recorded runs, no training
+    scaling report SWEEP_DIR                            re-render a sweep's report, no training
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _config(args):
+    from tasks.config import load_sweep, parse_overrides
+    from tasks.steps import resolve_sweep_path
+
+    return load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
+
+
+def cmd_plan(args) -> int:
+    from tasks.plan import format_plan, plan_sweep
+
+    cfg = _config(args)
+    print(format_plan(plan_sweep(cfg), cfg.resources.concurrency))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tasks.config import parse_overrides
+    from tasks.plan import format_plan, plan_sweep
+
+    cfg = _config(args)  # reject bad input before Prefect starts anything
+    print(format_plan(plan_sweep(cfg), cfg.resources.concurrency), flush=True)
+    from flows.scaling_sweep import scaling_sweep
+
+    html = scaling_sweep(sweep=args.config, output=args.output, overrides=parse_overrides(args.set))
+    print(f"\nreport: {html}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from tasks.fit import fit_file
+
+    runs = Path(args.runs)
+    out = Path(args.out) if args.out else runs.with_name("fits.json")
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else [1e18, 1e19, 1e20, 1e21]
+    fits = fit_file(runs, out, budgets, args.starts)
+    print(json.dumps(fits, indent=1, default=str)[:4000])
+    print(f"\nfits: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tasks.report import report_sweep
+
+    sweep_dir = Path(args.sweep_dir)
+    report = report_sweep(sweep_dir, args.title or sweep_dir.name)
+    print(f"report: {report['html']}\nmarkdown: {report['md']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scaling", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("plan", "run"):
+        p = sub.add_parser(name)
+        p.add_argument("config", help="sweep file, e.g. deployments/sweeps/sample.yaml (or just 'sample')")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field")
+        if name == "run":
+            p.add_argument("--output", default=None, help="output folder (default: $SCALING_OUTPUT or ./outputs)")
+    p = sub.add_parser("fit")
+    p.add_argument("runs", help="runs.parquet (or .csv) with n_params, tokens, val_loss")
+    p.add_argument("--out", help="where to write fits.json (default: beside the runs table)")
+    p.add_argument("--budgets", help="comma-separated FLOP budgets for predictions, e.g. 1e19,1e20")
+    p.add_argument("--starts", type=int, default=64, help="L-BFGS starting points for L(N, D)")
+    p = sub.add_parser("report")
+    p.add_argument("sweep_dir", help="a sweep's folder, e.g. outputs/sweeps/sample")
+    p.add_argument("--title")
+    args = ap.parse_args(argv)
+
+    from tasks.config import ConfigError
+    from tasks.data import DataError
+
+    try:
+        return {"plan": cmd_plan, "run": cmd_run, "fit": cmd_fit, "report": cmd_report}[args.cmd](args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

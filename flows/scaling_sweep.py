@@ -1,0 +1,53 @@
+"""The `scaling-sweep` flow: sweep file -> plan -> tokens -> train every point -> collect -> fit -> report.
+
+Reads a sweep file (deployments/sweeps/*.yaml) and writes under the output folder (see
+tasks/layout.py): token caches, one folder per grid point, the sweep's runs.parquet,
+curves.parquet, fits.json and report. MLflow: one experiment per sweep, a parent run per
+invocation, a child run per grid point. Deployed as scaling-sweep/sample and scaling-sweep/pile
+(deployments/prefect.yaml). Locally: `scaling run deployments/sweeps/sample.yaml`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks import steps
+from tasks.plan import threads_per_rank
+
+
+@flow(name="train-grid")
+def train_grid(specs: list, layout, cache, tracking, threads: int, timeout_s: float | None) -> list:
+    futures = [steps.train_point.submit(s, layout, cache, tracking, threads, timeout_s) for s in specs]
+    return [f.result() for f in futures]
+
+
+@flow(name="scaling-sweep", log_prints=True,
+      on_cancellation=[steps.stop_training_processes], on_crashed=[steps.stop_training_processes])  # fmt: skip
+def scaling_sweep(
+    sweep: str = "deployments/sweeps/sample.yaml",
+    output: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """Run a sweep end to end; returns the path of the HTML report."""
+    steps.train.install_stop_handlers()
+    sweep_file = steps.resolve_sweep_path(sweep)
+    cfg = steps.load_config(sweep, overrides)
+    layout = steps.Layout.at(output or steps.output_default())
+    plan = steps.plan_grid(cfg)
+    cache = steps.prepare_tokens(cfg, layout)
+    tracking = steps.open_tracking(cfg, layout, str(sweep_file))
+
+    runner = ThreadPoolTaskRunner(max_workers=cfg.resources.concurrency)
+    train_grid.with_options(task_runner=runner)(
+        plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources.timeout_s
+    )
+
+    runs_path, _ = steps.collect_tables(plan, layout)
+    steps.fit_laws(runs_path, cfg)
+    report = steps.render_report(runs_path.parent, cfg.name)
+    steps.publish(report, tracking, runs_path.parent, sweep_file)
+    print(f"report: {report['html']}")
+    return str(report["html"])

@@ -1,0 +1,256 @@
+"""The sweep file, typed and validated once at the edge.
+
+A sweep file (YAML) is read into `SweepConfig`; everything downstream trusts it.
+Every rejection raises `ConfigError` with the field path and what would be valid,
+before any compute is spent. `--set key=value` overrides go through the same gate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models.registry import ARCHITECTURES, LADDERS
+
+
+class ConfigError(ValueError):
+    """A sweep file or parameter that cannot run; the message names the field and what is valid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class DataConfig(_Strict):
+    source: Literal["sample", "pile", "text"] = "sample"
+    path: str | None = None
+    """Corpus directory. pile: the shards (00.jsonl.zst.., val.jsonl.zst); text: any folder of
+    .txt/.jsonl/.jsonl.zst; sample: where the corpus is built (default: <output>/data/sample-corpus)."""
+    tokenizer: str = "bpe:512"
+    """'bytes', 'bpe:<vocab>' (trained on the corpus), or the path of a HF tokenizer.json."""
+    seq_len: PositiveInt = 128
+    val_tokens: PositiveInt = 65_536
+    """Validation tokens held out (when the source has no val split) and evaluated at each eval."""
+    sample_bytes: PositiveInt = 12_000_000
+    """sample only: how much of the Python standard library's source to put in the corpus."""
+
+
+class SizeConfig(_Strict):
+    name: str
+    n_layer: PositiveInt
+    d_model: PositiveInt
+    n_head: PositiveInt
+    lr: PositiveFloat | None = None
+    """The size's reference (GPT-3 recipe) peak learning rate, used by `lr.scale`."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        return self
+
+
+class TokensConfig(_Strict):
+    per_param: PositiveFloat | None = 20.0
+    """Chinchilla tokens per parameter; the budget of a size is per_param x n_params x multiplier."""
+    multipliers: list[PositiveFloat] = [1.0]
+    counts: list[PositiveInt] | None = None
+    """Explicit token budgets instead of per_param x multipliers."""
+
+
+class LRConfig(_Strict):
+    values: list[PositiveFloat] | None = None
+    """Peak learning rates, the same for every size."""
+    scale: list[PositiveFloat] | None = None
+    """Multiples of each size's reference LR (5 = the Mamba paper's improved recipe)."""
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.values is None) == (self.scale is None):
+            raise ValueError("give exactly one of lr.values (e.g. [1e-3, 3e-3]) or lr.scale (e.g. [1, 5])")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    grad_clip: PositiveFloat = 1.0
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("betas must lie in [0, 1), e.g. [0.9, 0.95]")
+        return v
+
+
+class ScheduleConfig(_Strict):
+    kind: Literal["cosine", "wsd"] = "cosine"
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 1e-5
+    decay_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
+    """wsd only: the share of steps in the final decay."""
+
+
+class ResourcesConfig(_Strict):
+    ranks_per_run: PositiveInt = 1
+    """Data-parallel ranks (GPUs, or CPU processes) for one run."""
+    concurrency: PositiveInt = 1
+    """Grid points trained at once."""
+    threads_per_rank: PositiveInt | None = None
+    """CPU threads per rank (default: cores / (concurrency x ranks_per_run))."""
+    flops_per_s: PositiveFloat | None = None
+    """Achieved training FLOP/s per rank for time estimates (default: a short matmul probe on the CPU,
+    or 40% of the GPU's bf16 peak)."""
+    startup_s: Annotated[float, Field(ge=0)] = 6.0
+    """Per-run launch cost added to time estimates."""
+    timeout_s: PositiveFloat | None = None
+    """Wall-clock limit of one run's training process; past it the run is stopped and marked failed."""
+
+
+class TrainConfig(_Strict):
+    batch_tokens: PositiveInt = 4096
+    """Tokens per optimizer step, over all ranks (the paper: 2^19)."""
+    micro_batch_size: PositiveInt | None = None
+    """Sequences per rank per forward pass (default: the whole per-rank batch)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    eval_interval: PositiveInt = 50
+    """Steps between validation evaluations (one also runs at the end)."""
+    checkpoint_interval: PositiveInt = 100
+    log_interval: PositiveInt = 5
+
+
+class FitConfig(_Strict):
+    budgets: list[PositiveFloat] = [1e18, 1e19, 1e20, 1e21]
+    """Compute budgets (FLOPs) at which the report predicts loss and the optimal N and D."""
+    starts: PositiveInt = 64
+    """Starting points of the L-BFGS search for L(N, D)."""
+
+
+class SweepConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    data: DataConfig = DataConfig()
+    architectures: list[str] = Field(min_length=1)
+    ladder: str | list[SizeConfig] = "tiny"
+    sizes: list[str] | None = None
+    """Names of ladder sizes to train (default: all)."""
+    tokens: TokensConfig = TokensConfig()
+    lr: LRConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    seeds: list[int] = [0]
+    resources: ResourcesConfig = ResourcesConfig()
+    fit: FitConfig = FitConfig()
+
+    @field_validator("architectures")
+    @classmethod
+    def _known_arch(cls, v):
+        for a in v:
+            if a not in ARCHITECTURES:
+                raise ValueError(f"unknown architecture {a!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+        return v
+
+    @field_validator("ladder")
+    @classmethod
+    def _known_ladder(cls, v):
+        if isinstance(v, str) and v not in LADDERS:
+            raise ValueError(f"unknown ladder {v!r}; valid: {', '.join(sorted(LADDERS))} or a list of sizes")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [s.name for s in self.size_ladder()]
+        for s in self.sizes or []:
+            if s not in names:
+                raise ValueError(f"sizes: {s!r} is not in the ladder; valid: {', '.join(names)}")
+        if self.lr.scale is not None:
+            for s in self.size_ladder():
+                if s.lr is None:
+                    raise ValueError(f"lr.scale needs a reference lr on every size; size {s.name!r} has none")
+        if self.tokens.counts is None and self.tokens.per_param is None:
+            raise ValueError("tokens: give per_param (with multipliers) or counts")
+        seqs = self.train.batch_tokens / self.data.seq_len
+        if seqs != int(seqs) or int(seqs) % self.resources.ranks_per_run:
+            raise ValueError(
+                f"train.batch_tokens {self.train.batch_tokens} must be a multiple of data.seq_len x "
+                f"resources.ranks_per_run = {self.data.seq_len * self.resources.ranks_per_run}"
+            )
+        per_rank = int(seqs) // self.resources.ranks_per_run
+        mb = self.train.micro_batch_size
+        if mb is not None and per_rank % mb:
+            raise ValueError(f"train.micro_batch_size {mb} must divide the per-rank batch of {per_rank} sequences")
+        return self
+
+    def size_ladder(self) -> list[SizeConfig]:
+        if isinstance(self.ladder, str):
+            return [SizeConfig(**s) for s in LADDERS[self.ladder]]
+        return list(self.ladder)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key.sub=value` strings to a dict; values are parsed as YAML (numbers, lists, booleans)."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set {p!r}: expected key=value, e.g. train.batch_tokens=2048")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid sweep"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a sweep file; raise ConfigError naming the file and field on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path} (the shipped ones are in deployments/sweeps/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sweep fields at the top level")
+    for k, v in (overrides or {}).items():
+        _set_path(raw, k, v)
+    try:
+        cfg = SweepConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from None
+    return cfg
+
+
+def sweep_from_dict(raw: dict, source: str = "sweep") -> SweepConfig:
+    try:
+        return SweepConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None

@@ -1,0 +1,351 @@
+"""Corpora on disk, read and written as documents (strings); tokens are tasks.data's job.
+
+Three sources:
+- the Pile layout: train shards `NN.jsonl.zst` (in the folder or in its `train/`, the layout the Pile ships in)
+  and `val.jsonl.zst`, one JSON record `{"text": ..., "meta": ...}` per line;
+- a folder of `.txt` (one file, one document), `.jsonl` and `.jsonl.zst` files, read in sorted path order;
+- a sample corpus in the Pile layout built from the Python standard library's source, which every machine
+  with Python has, so the pipeline runs end to end with no download.
+
+Every read error names the file and line: a bad record in a 15 GB shard is otherwise unfindable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import sysconfig
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import zstandard
+
+Split = Literal["train", "val"]
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.zst")
+SAMPLE_SET_NAME = "python-stdlib"
+SAMPLE_MARKER = "corpus.json"
+
+_SHARD = re.compile(r"^(\d+)\.jsonl\.zst$")
+_CHUNK = 1 << 20
+# Content hashes key the token cache. A real Pile shard is ~15 GB, and hashing 30 of them in full would take
+# minutes on every start, so big files are hashed by size plus their first and last MiB.
+_FULL_HASH_LIMIT = 64 << 20
+_EDGE = 1 << 20
+_SAMPLE_SHARDS = 4
+_VAL_FRACTION = 0.05
+
+
+class DataError(ValueError):
+    """A corpus, tokenizer or token cache that cannot be used; the message names the path and the fix."""
+
+
+# ---------------------------------------------------------------- atomic files and folders
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file beside the target (dot-named, so folder scans skip it), fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def replace_dir(tmp: Path, final: Path, is_complete: Callable[[Path], bool]) -> None:
+    """Move the finished folder `tmp` to `final`, replacing a stale `final`.
+
+    If another process finished the same folder first, theirs is kept and `tmp` is dropped.
+    """
+    if final.exists():
+        if is_complete(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        stale = final.with_name(f".{final.name}.stale-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(final, stale)
+        except FileNotFoundError:
+            pass
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final.exists() and is_complete(final)):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(final.parent)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the whole file below 64 MiB; above, of its size and its first and last MiB."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size < _FULL_HASH_LIMIT:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+        h = hashlib.sha256(str(size).encode())
+        h.update(fh.read(_EDGE))
+        fh.seek(size - _EDGE)
+        h.update(fh.read(_EDGE))
+        return h.hexdigest()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _zst_chunks(path: Path) -> Iterator[bytes]:
+    # stream_reader hands back a truncated frame's bytes without any error (reliability.md 5.3), so each
+    # frame gets its own decompressobj, and the file must end where a frame ends.
+    dctx = zstandard.ZstdDecompressor()
+    frame = None
+    with open(path, "rb") as fh:
+        while data := fh.read(_CHUNK):
+            while data:
+                if frame is None:
+                    frame = dctx.decompressobj()
+                if out := frame.decompress(data):
+                    yield out
+                data, frame = (frame.unused_data, None) if frame.eof else (b"", frame)
+    if frame is not None:
+        raise zstandard.ZstdError("truncated: the file ends inside a zstd frame")
+
+
+def _plain_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while data := fh.read(_CHUNK):
+            yield data
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a .jsonl or .jsonl.zst file, without holding more than one line."""
+    chunks = _zst_chunks(path) if path.name.endswith(".zst") else _plain_chunks(path)
+    lineno = 0
+    pending: list[bytes] = []  # a line spread over chunks; joined once, not re-concatenated per chunk
+    try:
+        for chunk in chunks:
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                pending.append(chunk[start:end])
+                lineno += 1
+                yield lineno, b"".join(pending)
+                pending.clear()
+                start = end + 1
+            pending.append(chunk[start:])
+    except zstandard.ZstdError as e:
+        raise DataError(f"{path}: corrupt or truncated zstd data after line {lineno}: {e}") from None
+    if tail := b"".join(pending):
+        yield lineno + 1, tail
+
+
+def _jsonl_texts(path: Path) -> Iterator[str]:
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:  # also UnicodeDecodeError
+            raise DataError(f"{path}, line {lineno}: not a JSON record ({e})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}, line {lineno}: the record has no "text" string')
+        yield record["text"]
+
+
+def pile_files(path: Path) -> tuple[list[Path], Path | None]:
+    """The train shards (numeric order) and val.jsonl.zst (None if absent) of a Pile-layout folder."""
+    shards: list[Path] = []
+    for folder in (path, path / "train"):
+        if folder.is_dir():
+            named = ((int(m[1]), p) for p in folder.iterdir() if (m := _SHARD.match(p.name)))
+            shards = [p for _, p in sorted(named)]
+        if shards:
+            break
+    val = path / "val.jsonl.zst"
+    return shards, val if val.is_file() else None
+
+
+def iter_documents(path: Path, split: Split) -> Iterator[str]:
+    """The documents of one split of a Pile-layout folder, streamed shard by shard."""
+    shards, val = pile_files(Path(path))
+    if split == "val":
+        if val is None:
+            raise DataError(f"{path}: no val.jsonl.zst")
+        files = [val]
+    else:
+        if not shards:
+            raise DataError(f"{path}: no train shards (NN.jsonl.zst, e.g. 00.jsonl.zst)")
+        files = shards
+    for f in files:
+        yield from _jsonl_texts(f)
+
+
+def text_files(path: Path) -> list[Path]:
+    """The .txt / .jsonl / .jsonl.zst files under a folder, hidden ones skipped, sorted by relative path."""
+    found = []
+    for p in Path(path).rglob("*"):
+        rel = p.relative_to(path)
+        if p.name.endswith(TEXT_SUFFIXES) and p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            found.append((rel.as_posix(), p))
+    return [p for _, p in sorted(found)]
+
+
+def iter_text_documents(path: Path) -> Iterator[str]:
+    """Every document of a text folder: a .txt file is one document, a .jsonl line is one record."""
+    for f in text_files(path):
+        if not f.name.endswith(".txt"):
+            yield from _jsonl_texts(f)
+            continue
+        data = f.read_bytes()
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{f}, line {line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# ---------------------------------------------------------------- the sample corpus
+
+
+def _stdlib_sources(max_bytes: int) -> list[tuple[str, bytes]]:
+    """The stdlib's UTF-8 .py files in sorted relative path order, each taken if it still fits in max_bytes."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted(
+        (p.relative_to(root).as_posix(), p)
+        for p in root.rglob("*.py")
+        # Third-party packages differ between machines; the corpus must not.
+        if p.relative_to(root).parts[0] not in ("site-packages", "dist-packages")
+    )
+    docs, total = [], 0
+    for rel, p in paths:
+        if total + p.stat().st_size > max_bytes:
+            continue
+        data = p.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:  # a few test files carry other encodings on purpose
+            continue
+        if data.strip():
+            docs.append((rel, data))
+            total += len(data)
+    return docs
+
+
+def _pick_val(docs: list[tuple[str, bytes]]) -> set[str]:
+    """About 5% of the bytes, by document, in order of the path's sha256.
+
+    A byte share rather than a hash threshold keeps a small corpus from getting no validation document,
+    and the 2x cap keeps one large file from taking most of it.
+    """
+    total = sum(len(d) for _, d in docs)
+    target, cap = total * _VAL_FRACTION, 2 * total * _VAL_FRACTION
+    by_hash = sorted(docs, key=lambda d: hashlib.sha256(d[0].encode()).digest())
+    val, size = set(), 0
+    for rel, data in by_hash:
+        if size >= target:
+            break
+        if size + len(data) <= cap:
+            val.add(rel)
+            size += len(data)
+    return val or {min(by_hash, key=lambda d: len(d[1]))[0]}
+
+
+def _sample_params(max_bytes: int) -> dict:
+    return {"format": 1, "source": SAMPLE_SET_NAME, "python": platform.python_version(), "max_bytes": max_bytes}
+
+
+def _is_sample(path: Path, params: dict) -> bool:
+    try:
+        marker = json.loads((path / SAMPLE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(marker.get(k) == v for k, v in params.items())
+
+
+def check_sample_dir(path: Path) -> None:
+    """The sample corpus is built into `path`; refuse a folder that holds something else."""
+    if path.is_dir() and not (path / SAMPLE_MARKER).is_file() and any(path.iterdir()):
+        raise DataError(
+            f"{path.absolute()} exists and is not a sample corpus (no {SAMPLE_MARKER}); "
+            "empty it or point data.path at another folder"
+        )
+
+
+def _write_shard(path: Path, docs: list[tuple[str, bytes]]) -> None:
+    lines = [
+        json.dumps(
+            {"text": data.decode("utf-8"), "meta": {"pile_set_name": SAMPLE_SET_NAME, "path": rel}},
+            ensure_ascii=False,
+        ).encode("utf-8")
+        + b"\n"
+        for rel, data in docs
+    ]
+    # One thread and a fixed level: the same input gives the same bytes, which the cache key relies on.
+    cctx = zstandard.ZstdCompressor(level=10, write_checksum=True, threads=0)
+    with open(path, "wb") as fh:
+        fh.write(cctx.compress(b"".join(lines)))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def build_sample_corpus(out_dir: Path, max_bytes: int) -> Path:
+    """A Pile-layout corpus of the Python standard library's source (up to max_bytes), built once.
+
+    Documents are whole .py files (test packages included, site-packages excluded), taken in sorted path
+    order while they fit in max_bytes; past the library's size (~30 MB on 3.11) it is all used. Train shards
+    00..03.jsonl.zst split the train documents by bytes; ~5% go to val.jsonl.zst. The bytes are the same on
+    every run with the same Python. The folder is built beside out_dir under a dot-name and renamed into
+    place; a finished folder (marker file with the same Python and max_bytes) is reused.
+    """
+    out_dir = Path(out_dir)
+    params = _sample_params(max_bytes)
+    if _is_sample(out_dir, params):
+        return out_dir
+    check_sample_dir(out_dir)
+    docs = _stdlib_sources(max_bytes)
+    if len(docs) < 2:
+        raise DataError(f"data.sample_bytes={max_bytes} holds fewer than 2 standard library files; raise it")
+    val = _pick_val(docs)
+    train = [d for d in docs if d[0] not in val]
+    train_bytes = sum(len(d) for _, d in train)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        shards: list[list[tuple[str, bytes]]] = [[]]
+        size = 0
+        for doc in train:
+            if size >= train_bytes / _SAMPLE_SHARDS * len(shards):
+                shards.append([])
+            shards[-1].append(doc)
+            size += len(doc[1])
+        names = [f"{i:02d}.jsonl.zst" for i in range(len(shards))]
+        for name, shard in zip(names, shards):
+            _write_shard(tmp / name, shard)
+        _write_shard(tmp / "val.jsonl.zst", [d for d in docs if d[0] in val])
+        marker = params | {
+            "shards": names,
+            "bytes": {"train": train_bytes, "val": sum(len(d) for r, d in docs if r in val)},
+            "documents": {"train": len(train), "val": len(val)},
+        }
+        write_atomic(tmp / SAMPLE_MARKER, json.dumps(marker, indent=1).encode())
+        replace_dir(tmp, out_dir, lambda d: _is_sample(d, params))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,464 @@
+"""The token cache: a corpus tokenized once into flat memory-mapped token streams, and the batches drawn from it.
+
+`prepare_data(cfg, data_root)` resolves the corpus (tasks.corpus), loads or trains the tokenizer and writes
+`data_root/tokens-<key16>/` holding `train.bin` and `val.bin` (flat token ids, every document followed by the
+end-of-document token; uint16 when the vocabulary fits, else uint32), `tokenizer.json` and, last,
+`manifest.json`. A folder without a valid manifest is never used. The key hashes the source files (see
+`file_digest`), the tokenizer and val_tokens; not seq_len, since any context length can window one stream.
+
+Validation split: the Pile layout's val.jsonl.zst (the sample corpus has one), read only as far as
+val_tokens. A text folder, or a Pile folder without val.jsonl.zst, holds out the tail of its stream: the
+last documents, from a document start, val_tokens tokens of them; train ends where they begin. Either way
+val.bin has exactly val_tokens tokens when the source has that many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from tasks.config import DataConfig
+from tasks.corpus import (
+    DataError,
+    build_sample_corpus,
+    check_sample_dir,
+    file_digest,
+    iter_documents,
+    iter_text_documents,
+    pile_files,
+    replace_dir,
+    text_files,
+    write_atomic,
+)
+
+__all__ = [
+    "DataError",
+    "TokenCache",
+    "build_sample_corpus",
+    "check_data",
+    "end_token_id",
+    "iter_documents",
+    "iter_text_documents",
+    "load_tokenizer",
+    "prepare_data",
+    "train_batch",
+    "val_batches",
+]
+
+log = logging.getLogger(__name__)
+
+END_OF_TEXT = "<|endoftext|>"
+# GPT-2/NeoX use the first; Llama-style tokenizer.json files carry one of the others.
+_END_TOKENS = (END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>")
+_FORMAT = 1
+# BPE merges settle long before this; it bounds tokenizer training on a full Pile.
+_BPE_TRAIN_CHARS = 128 << 20
+_BATCH_CHARS = 4 << 20
+_BATCH_DOCS = 1024
+_COPY_TOKENS = 1 << 22
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's stand-in character for each byte, in byte order (the characters ByteLevel pre-tokenizing emits):
+    printable Latin-1 bytes stand for themselves, the others for 256, 257, ... in turn."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
+def _byte_level(model: models.Model) -> Tokenizer:
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _byte_tokenizer() -> Tokenizer:
+    # A BPE with no merges over the 256 byte characters: token b is byte b, the end of text is 256.
+    tok = _byte_level(models.BPE(vocab={c: b for b, c in enumerate(_byte_chars())}, merges=[]))
+    tok.add_special_tokens([END_OF_TEXT])
+    return tok
+
+
+def _train_bpe(docs: Iterable[str], vocab_size: int) -> Tokenizer:
+    tok = _byte_level(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_first_chars(docs, _BPE_TRAIN_CHARS), trainer=trainer)
+    return tok
+
+
+def _first_chars(docs: Iterable[str], limit: int) -> Iterator[str]:
+    seen = 0
+    for d in docs:
+        if seen >= limit:
+            return
+        seen += len(d)
+        yield d
+
+
+def _parse_spec(spec: str) -> tuple[Literal["bytes", "bpe", "file"], int, Path | None]:
+    if spec == "bytes":
+        return "bytes", 0, None
+    if spec.startswith("bpe:"):
+        vocab = int(spec[4:]) if spec[4:].isdigit() else 0
+        if vocab < 257:
+            raise DataError(
+                f"data.tokenizer {spec!r}: the BPE vocabulary must be an integer of at least 257 "
+                f"(256 bytes and {END_OF_TEXT}), e.g. 'bpe:512'"
+            )
+        return "bpe", vocab, None
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"tokenizer file not found: {path.absolute()} "
+            "(data.tokenizer is 'bytes', 'bpe:<vocab>' or the path of a tokenizer.json)"
+        )
+    return "file", 0, path
+
+
+def end_token_id(tok: Tokenizer, where: str | Path = "tokenizer") -> int:
+    """The id of the token that ends a document; DataError naming `where` if the tokenizer has none."""
+    for t in _END_TOKENS:
+        if (i := tok.token_to_id(t)) is not None:
+            return i
+    looked = ", ".join(_END_TOKENS)
+    raise DataError(f"{where}: no end-of-text token (looked for {looked}); add {END_OF_TEXT!r} to it")
+
+
+def load_tokenizer(
+    spec: str, corpus_dir: Path, cache_dir: Path, *, source: Literal["pile", "text"] = "pile"
+) -> Tokenizer:
+    """'bytes', 'bpe:<vocab>' or the path of a tokenizer.json, as a HF tokenizer with an end-of-text token.
+
+    'bpe:<vocab>' is trained on the first 128 M characters of the corpus's train documents (of a text folder:
+    all its documents, the held-out tail included) and saved as cache_dir/bpe-<vocab>.tokenizer.json, which
+    later calls load; cache_dir must therefore belong to one corpus.
+    """
+    kind, vocab, path = _parse_spec(spec)
+    if kind == "bytes":
+        return _byte_tokenizer()
+    if kind == "file":
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"{path.absolute()}: not a readable tokenizer.json ({e})") from None
+        end_token_id(tok, path.absolute())
+        return tok
+    saved = Path(cache_dir) / f"bpe-{vocab}.tokenizer.json"
+    if saved.is_file():
+        return Tokenizer.from_file(str(saved))
+    docs = iter_documents(corpus_dir, "train") if source == "pile" else iter_text_documents(corpus_dir)
+    tok = _train_bpe(docs, vocab)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(saved, tok.to_str().encode())
+    return tok
+
+
+# ---------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """A built token cache: what training needs to open its streams, read back from manifest.json."""
+
+    dir: Path
+    vocab_size: int
+    dtype: str
+    n_train: int
+    n_val: int
+    key: str
+    eot_id: int
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.dir / "tokenizer.json"
+
+    def train_tokens(self) -> np.memmap:
+        return np.memmap(self.dir / "train.bin", dtype=self.dtype, mode="r", shape=(self.n_train,))
+
+    def val_tokens(self) -> np.memmap:
+        return np.memmap(self.dir / "val.bin", dtype=self.dtype, mode="r", shape=(self.n_val,))
+
+
+def _corpus_path(cfg: DataConfig) -> Path | None:
+    """The corpus folder of pile/text sources, checked to exist and hold files (no reading); None for sample."""
+    if cfg.source == "sample":
+        if cfg.path is not None:
+            check_sample_dir(Path(cfg.path).expanduser())
+        return None
+    example = "/datasets/pile" if cfg.source == "pile" else "/datasets/my-text"
+    fix = f"set data.path to the corpus folder (e.g. --set data.path={example})"
+    if cfg.path is None:
+        raise DataError(f"data.source {cfg.source!r} needs a corpus folder: {fix}")
+    path = Path(cfg.path).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.path {path.absolute()}: no such folder (data.source {cfg.source!r}); {fix}")
+    if cfg.source == "pile" and not pile_files(path)[0]:
+        raise DataError(
+            f"{path.absolute()}: no Pile train shards (NN.jsonl.zst, e.g. 00.jsonl.zst) in it or in its "
+            f"train/; {fix}"
+        )
+    if cfg.source == "text" and not text_files(path):
+        raise DataError(f"{path.absolute()}: no .txt, .jsonl or .jsonl.zst files in it; {fix}")
+    return path
+
+
+def check_data(cfg: DataConfig) -> None:
+    """The cheap checks of prepare_data (folders and files exist, tokenizer spec parses), reading no data."""
+    _corpus_path(cfg)
+    _parse_spec(cfg.tokenizer)
+
+
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _load(folder: Path) -> TokenCache | None:
+    """The cache in `folder` if its manifest is there and matches the files; else None (to be rebuilt)."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+        n = m["tokens"]
+        cache = TokenCache(folder, m["vocab_size"], m["dtype"], n["train"], n["val"], m["key"], m["eot_id"])
+        itemsize = np.dtype(cache.dtype).itemsize
+        sizes_ok = all(
+            (folder / f"{split}.bin").stat().st_size == n[split] * itemsize for split in ("train", "val")
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cache if m.get("format") == _FORMAT and sizes_ok and cache.tokenizer_path.is_file() else None
+
+
+def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for d in docs:
+        if not d:
+            continue
+        batch.append(d)
+        size += len(d)
+        if size >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_tokens(tok: Tokenizer, docs: Iterable[str], path: Path, dtype, eot: int, limit: int | None = None):
+    """Tokenize documents in batches to a flat file, each followed by `eot`; stop after `limit` tokens.
+
+    Returns (tokens written, documents read).
+    """
+    n_tokens = n_docs = 0
+    with open(path, "wb") as fh:
+        for batch in _batches(docs):
+            ids = [e.ids for e in tok.encode_batch(batch, add_special_tokens=False)]
+            sizes = np.array([len(x) + 1 for x in ids])
+            starts = np.cumsum(sizes) - sizes
+            arr = np.full(int(sizes.sum()), eot, dtype=dtype)
+            for x, start in zip(ids, starts):
+                arr[start : start + len(x)] = x
+            if limit is not None and n_tokens + len(arr) >= limit:
+                keep = limit - n_tokens
+                fh.write(arr[:keep].tobytes())
+                return limit, n_docs + int(np.searchsorted(starts, keep))
+            fh.write(arr.tobytes())
+            n_tokens += len(arr)
+            n_docs += len(batch)
+    return n_tokens, n_docs
+
+
+def _hold_out_tail(train: Path, val: Path, dtype, eot: int, n_docs: int, val_tokens: int, corpus: Path):
+    """Move the stream's last documents (val_tokens tokens from a document start) out of train into val.
+
+    Returns (train tokens, val tokens, train documents, val documents).
+    """
+    n = train.stat().st_size // np.dtype(dtype).itemsize
+    cut = n - val_tokens  # val must start at or before this to hold val_tokens
+    stream = np.memmap(train, dtype=dtype, mode="r") if cut > 0 else None
+    start = 0
+    for hi in range(cut, 0, -_COPY_TOKENS):
+        ends = np.flatnonzero(stream[max(0, hi - _COPY_TOKENS) : hi] == eot)
+        if len(ends):
+            start = max(0, hi - _COPY_TOKENS) + int(ends[-1]) + 1
+            break
+    if start == 0:
+        raise DataError(
+            f"{corpus}: {n} tokens are too few to hold out data.val_tokens={val_tokens} for validation "
+            "and keep whole documents for training; add text or lower data.val_tokens"
+        )
+    held = stream[start : start + val_tokens]
+    with open(val, "wb") as fh:
+        for i in range(0, val_tokens, _COPY_TOKENS):
+            fh.write(held[i : i + _COPY_TOKENS].tobytes())
+    val_docs = int(np.count_nonzero(held == eot)) + int(held[-1] != eot)
+    train_docs = n_docs - int(np.count_nonzero(stream[start:] == eot))
+    del stream, held
+    with open(train, "r+b") as fh:
+        fh.truncate(start * np.dtype(dtype).itemsize)
+    return start, val_tokens, train_docs, val_docs
+
+
+def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: str, data_root: Path) -> None:
+    final = data_root / f"tokens-{key[:16]}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=data_root))
+    try:
+        t0 = time.perf_counter()
+        tok_cache = data_root / f"tokenizer-{_sha256_json([layout, files])[:16]}"
+        tok = load_tokenizer(cfg.tokenizer, corpus, tok_cache, source=layout)
+        t_tok = time.perf_counter() - t0
+        tok.save(str(tmp / "tokenizer.json"))
+        eot = end_token_id(tok, cfg.tokenizer)
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
+        log.info("tokenizing %s into %s (vocab %d)", corpus, final, vocab)
+
+        t1 = time.perf_counter()
+        train, val = tmp / "train.bin", tmp / "val.bin"
+        has_val = layout == "pile" and pile_files(corpus)[1] is not None
+        if has_val:
+            n_train, d_train = _write_tokens(tok, iter_documents(corpus, "train"), train, dtype, eot)
+            n_val, d_val = _write_tokens(tok, iter_documents(corpus, "val"), val, dtype, eot, cfg.val_tokens)
+        else:
+            docs = iter_documents(corpus, "train") if layout == "pile" else iter_text_documents(corpus)
+            _, d_all = _write_tokens(tok, docs, train, dtype, eot)
+            n_train, n_val, d_train, d_val = _hold_out_tail(train, val, dtype, eot, d_all, cfg.val_tokens, corpus)
+        t_tokenize = time.perf_counter() - t1
+        for f in (train, val):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+        manifest = {
+            "format": _FORMAT,
+            "key": key,
+            "source": cfg.source,
+            "corpus": str(corpus.absolute()),
+            "files": files,
+            "tokenizer": cfg.tokenizer,
+            "tokenizer_sha256": hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest(),
+            "vocab_size": vocab,
+            "eot_id": eot,
+            "dtype": np.dtype(dtype).name,
+            "tokens": {"train": n_train, "val": n_val},
+            "documents": {"train": d_train, "val": d_val},
+            "val_split": "val.jsonl.zst" if has_val else "held-out tail of the stream",
+            "val_tokens": cfg.val_tokens,
+            "seconds": {"tokenizer": round(t_tok, 3), "tokenize": round(t_tokenize, 3)},
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
+        replace_dir(tmp, final, lambda d: _load(d) is not None)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("token cache %s: %d train, %d val tokens", final, n_train, n_val)
+
+
+def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
+    """The token cache of cfg's corpus and tokenizer under data_root, built on first use and reused after."""
+    data_root = Path(data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
+    corpus = _corpus_path(cfg)
+    _, _, tok_file = _parse_spec(cfg.tokenizer)
+    if corpus is None:
+        where = Path(cfg.path).expanduser() if cfg.path else data_root / "sample-corpus"
+        corpus = build_sample_corpus(where, cfg.sample_bytes)
+    layout = "text" if cfg.source == "text" else "pile"
+    if layout == "pile":
+        shards, val = pile_files(corpus)
+        sources = shards + ([val] if val else [])
+    else:
+        sources = text_files(corpus)
+    files = [
+        {"name": p.relative_to(corpus).as_posix(), "size": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sources
+    ]
+    tokenizer = f"file:{file_digest(tok_file)}" if tok_file else cfg.tokenizer
+    key = _sha256_json(
+        {"format": _FORMAT, "layout": layout, "files": files, "tokenizer": tokenizer, "val_tokens": cfg.val_tokens}
+    )
+    final = data_root / f"tokens-{key[:16]}"
+    cache = _load(final)
+    if cache is None:
+        _build(cfg, corpus, layout, files, key, data_root)
+        cache = _load(final)
+        if cache is None:
+            raise DataError(f"{final}: the token cache just built does not load; is another process removing it?")
+    for split, n in (("train", cache.n_train), ("validation", cache.n_val)):
+        if n < cfg.seq_len + 1:
+            raise DataError(
+                f"{cache.dir}: the {split} split has {n} tokens, fewer than data.seq_len + 1 = {cfg.seq_len + 1}; "
+                "give the corpus more text (or raise data.sample_bytes / data.val_tokens) or shorten data.seq_len"
+            )
+    return cache
+
+
+# ---------------------------------------------------------------- batches
+
+
+def train_batch(
+    tokens: np.ndarray, step: int, rank: int, world_size: int, batch_per_rank: int, seq_len: int, seed: int
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Rank `rank`'s share of step `step`'s batch: x and y = x shifted by one, each (batch_per_rank, seq_len).
+
+    The step's global batch is world_size x batch_per_rank windows whose starts are drawn uniformly over the
+    whole stream by a generator seeded with (seed, step) alone; rank r takes the r-th disjoint slice. A run
+    resumed at step s therefore sees exactly the tokens it would have seen, with no loader state to save.
+    Windows are drawn with replacement across steps: the Pile is far larger than any budget trained here, so
+    an epoch-style permutation would buy nothing, and a small corpus is simply revisited.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be non-negative, got seed={seed}, step={step}")
+    n_starts = len(tokens) - seq_len
+    if n_starts < 1:
+        raise ValueError(f"a stream of {len(tokens)} tokens holds no window of seq_len + 1 = {seq_len + 1} tokens")
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, n_starts, size=world_size * batch_per_rank)
+    mine = starts[rank * batch_per_rank : (rank + 1) * batch_per_rank]
+    windows = np.stack([tokens[s : s + seq_len + 1] for s in mine]).astype(np.int64)
+    x, y = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def val_batches(
+    tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int
+) -> Iterator[tuple[torch.LongTensor, torch.LongTensor]]:
+    """Contiguous, non-overlapping windows from the start of the val stream, up to max_tokens, in batches.
+
+    The same windows for every run and every eval, so validation losses compare across runs.
+    """
+    n_windows = min((len(tokens) - 1) // seq_len, max_tokens // seq_len)
+    if n_windows < 1:
+        raise ValueError(
+            f"no validation window: {len(tokens)} tokens, max_tokens {max_tokens}, seq_len + 1 = {seq_len + 1}"
+        )
+
+    def batches():
+        for first in range(0, n_windows, batch_size):
+            k = min(batch_size, n_windows - first)
+            span = np.asarray(tokens[first * seq_len : (first + k) * seq_len + 1]).astype(np.int64)
+            yield torch.from_numpy(span[:-1].reshape(k, seq_len)), torch.from_numpy(span[1:].reshape(k, seq_len))
+
+    return batches()

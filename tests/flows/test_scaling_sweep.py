@@ -1,0 +1,75 @@
+"""End to end through `scaling run`: real DeepSpeed, MLflow (SQLite), Parquet and Prefect."""
+
+import json
+
+import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import scaling, tiny_sweep
+
+
+def child_runs(out, sweep):
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if "run_id" in r.data.tags], [r for r in runs if r.data.tags.get("kind") == "sweep"]
+
+
+def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
+    out = tmp_path / "out"
+    sweep = tiny_sweep(tmp_path, lrs="[3.0e-3, 1.0e-2]")
+    first = scaling("run", sweep, "--output", out, env=prefect_env)
+    assert "report:" in first.stdout
+
+    sweep_dir = out / "sweeps" / "tiny"
+    runs = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
+    assert len(runs) == 4 and set(runs.status) == {"completed"}
+    assert (runs.val_loss < 5.6).all(), "loss should fall below ln(256) = 5.55 from the uniform start"
+    assert runs.n_params.nunique() == 2 and runs.lr.nunique() == 2
+
+    curves = pq.read_table(sweep_dir / "curves.parquet").to_pandas()
+    assert not curves.duplicated(["run_id", "step"]).any()
+    for rid, c in curves.groupby("run_id"):
+        steps = runs.set_index("run_id").loc[rid, "steps"]
+        assert c.step.max() == steps
+        first_val, last_val = c.val_loss.dropna().iloc[[0, -1]]
+        assert last_val < first_val or len(c.val_loss.dropna()) == 1
+
+    fits = json.loads((sweep_dir / "fits.json").read_text())
+    assert fits["n_runs"] == 4
+    html = (sweep_dir / "report" / "report.html").read_text()
+    assert "<img" in html and (sweep_dir / "report" / "report.md").is_file()
+
+    client, children, parents = child_runs(out, "tiny")
+    assert len(children) == 4 and len(parents) == 1
+    assert {r.data.tags["status"] for r in children} == {"completed"}
+    hist = client.get_metric_history(children[0].info.run_id, "train_loss")
+    assert len(hist) == len({m.step for m in hist}) > 1
+    parent_files = {f.path for f in client.list_artifacts(parents[0].info.run_id)}
+    assert {"report", "fits.json", "runs.parquet"} <= parent_files
+
+    # Re-running the same sweep trains nothing; adding a learning rate trains only the new points.
+    mtimes = {p: p.stat().st_mtime for p in (out / "runs").glob("*/status.json")}
+    scaling("run", tiny_sweep(tmp_path, lrs="[3.0e-3, 1.0e-2, 3.0e-2]"), "--output", out, env=prefect_env)
+    assert all(p.stat().st_mtime == m for p, m in mtimes.items())
+    runs2 = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
+    assert len(runs2) == 6 and len(list((out / "runs").glob("*/status.json"))) == 6
+    _, children, parents = child_runs(out, "tiny")
+    assert len(children) == 6 and len(parents) == 2
+    curves2 = pq.read_table(sweep_dir / "curves.parquet").to_pandas()
+    assert not curves2.duplicated(["run_id", "step"]).any()
+
+
+def test_plan_prints_the_grid_without_compute(tmp_path):
+    proc = scaling("plan", tiny_sweep(tmp_path, lrs="[1.0e-3, 3.0e-3]"))
+    assert "n_params" in proc.stdout and "4 runs" in proc.stdout
+    assert not (tmp_path / "corpus").exists(), "plan must not build data"
+
+
+def test_bad_input_is_rejected_before_any_compute(tmp_path, prefect_env):
+    sweep = tiny_sweep(tmp_path)
+    proc = scaling("run", sweep, "--output", tmp_path / "out", "--set", "lr.values=[0]", env=prefect_env, check=False)
+    assert proc.returncode == 2 and "lr.values" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = scaling("plan", "pile", check=False)
+    assert proc.returncode == 2 and "/data/pile" in proc.stderr and "data.path" in proc.stderr
