@@ -57,6 +57,7 @@ __all__ = [
     "prepare_data",
     "train_batch",
     "val_batches",
+    "vocab_size_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,15 @@ def end_token_id(tok: Tokenizer, where: str | Path = "tokenizer") -> int:
     raise DataError(f"{where}: no end-of-text token (looked for {looked}); add {END_OF_TEXT!r} to it")
 
 
+def _user_tokenizer(path: Path) -> Tokenizer:
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        raise DataError(f"{path.absolute()}: not a readable tokenizer.json ({e})") from None
+    end_token_id(tok, path.absolute())
+    return tok
+
+
 def load_tokenizer(
     spec: str, corpus_dir: Path, cache_dir: Path, *, source: Literal["pile", "text"] = "pile"
 ) -> Tokenizer:
@@ -160,12 +170,7 @@ def load_tokenizer(
     if kind == "bytes":
         return _byte_tokenizer()
     if kind == "file":
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
-            raise DataError(f"{path.absolute()}: not a readable tokenizer.json ({e})") from None
-        end_token_id(tok, path.absolute())
-        return tok
+        return _user_tokenizer(path)
     saved = Path(cache_dir) / f"bpe-{vocab}.tokenizer.json"
     if saved.is_file():
         return Tokenizer.from_file(str(saved))
@@ -190,6 +195,14 @@ class TokenCache:
     n_val: int
     key: str
     eot_id: int
+
+    @classmethod
+    def open(cls, folder: Path) -> TokenCache:
+        """The finished cache in `folder` (as prepare_data returned it), for a training process to read."""
+        cache = _load(Path(folder))
+        if cache is None:
+            raise DataError(f"{folder}: not a finished token cache (no valid manifest.json); run prepare_data")
+        return cache
 
     @property
     def tokenizer_path(self) -> Path:
@@ -229,6 +242,20 @@ def check_data(cfg: DataConfig) -> None:
     """The cheap checks of prepare_data (folders and files exist, tokenizer spec parses), reading no data."""
     _corpus_path(cfg)
     _parse_spec(cfg.tokenizer)
+
+
+def vocab_size_for(cfg: DataConfig) -> int:
+    """The vocabulary size a model needs for cfg's tokenizer, known before any cache is built.
+
+    Every id in the cache is below it: a trained 'bpe:<vocab>' never exceeds <vocab> (on a small corpus it
+    may stop short, leaving a few embedding rows unused).
+    """
+    kind, vocab, path = _parse_spec(cfg.tokenizer)
+    if kind == "bytes":
+        return 257
+    if kind == "bpe":
+        return vocab
+    return _user_tokenizer(path).get_vocab_size(with_added_tokens=True)
 
 
 def _sha256_json(obj) -> str:

@@ -16,7 +16,7 @@ name: {extra.pop('name', 'tiny')}
 data:
   source: sample
   path: {tmp_path / 'corpus'}
-  tokenizer: bpe:256
+  tokenizer: bpe:320
   seq_len: 32
   val_tokens: 4096
   sample_bytes: 400000

@@ -18,9 +18,11 @@ from tasks.data import (
     iter_documents,
     iter_text_documents,
     load_tokenizer,
+    TokenCache,
     prepare_data,
     train_batch,
     val_batches,
+    vocab_size_for,
 )
 
 SAMPLE_BYTES = 300_000
@@ -141,6 +143,7 @@ def test_pile_shards_in_train_subfolder_read_in_numeric_order(tmp_path):
 def test_bytes_cache_layout_and_end_of_document_tokens(bytes_cache, sample):
     manifest = json.loads((bytes_cache.dir / "manifest.json").read_text())
     assert bytes_cache.dtype == manifest["dtype"] == "uint16" and bytes_cache.vocab_size == 257
+    assert vocab_size_for(DataConfig(tokenizer="bytes")) == 257
     for split in ("train", "val"):
         size = (bytes_cache.dir / f"{split}.bin").stat().st_size
         assert manifest["tokens"][split] == size // np.dtype(np.uint16).itemsize
@@ -178,6 +181,7 @@ def test_bpe_cache_is_reused_and_keyed_by_content(sample, pile_copy, tmp_path):
     finally:
         shard.write_bytes(original)
     assert changed.key != first.key and changed.dir != first.dir
+    assert TokenCache.open(first.dir) == first and vocab_size_for(cfg) == 300
 
 
 def test_cache_without_manifest_is_rebuilt(pile_copy, tmp_path):
@@ -185,6 +189,8 @@ def test_cache_without_manifest_is_rebuilt(pile_copy, tmp_path):
     cache = prepare_data(cfg, tmp_path)
     inode = (cache.dir / "train.bin").stat().st_ino
     (cache.dir / "manifest.json").unlink()
+    with pytest.raises(DataError, match="not a finished token cache"):
+        TokenCache.open(cache.dir)
     rebuilt = prepare_data(cfg, tmp_path)
     assert rebuilt == cache and (cache.dir / "manifest.json").is_file()
     assert (cache.dir / "train.bin").stat().st_ino != inode
@@ -229,7 +235,11 @@ def test_user_tokenizer_file_and_uint32(tmp_path, bytes_cache, sample):
     tok.save(str(path))
     cfg = DataConfig(**_sample_cfg(sample), tokenizer=str(path), val_tokens=256)
     cache = prepare_data(cfg, tmp_path / "data")
-    assert cache.dtype == "uint32" and cache.vocab_size == 70_002 and cache.eot_id == 1
+    assert cache.dtype == "uint32" and cache.vocab_size == vocab_size_for(cfg) == 70_002 and cache.eot_id == 1
+
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=re.escape(f"{path}: not a readable tokenizer.json")):
+        load_tokenizer(str(path), sample, tmp_path)
 
     del vocab["<|endoftext|>"]
     Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(path))

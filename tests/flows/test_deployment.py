@@ -1,0 +1,104 @@
+"""`prefect deployment run scaling-sweep/...` against a real Prefect server and process worker."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT
+from tests.flows.test_resume import trainer_pids
+
+TINY = {"data.tokenizer": "bpe:320", "data.seq_len": 32, "data.val_tokens": 4096, "data.sample_bytes": 400000,
+        "sizes": ["t1", "t2"], "tokens.per_param": 1, "tokens.multipliers": [0.5], "lr.values": [3.0e-3],
+        "train.batch_tokens": 1024, "train.eval_interval": 20, "resources.threads_per_rank": 1}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SCALING_OUTPUT": str(tmp_path / "out")}  # fmt: skip
+    bin_dir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "Prefect server did not start"
+                time.sleep(1)
+
+        def prefect(*args, check=True, timeout=600):
+            p = subprocess.run([str(bin_dir / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                               timeout=timeout)  # fmt: skip
+            if check and p.returncode:
+                pytest.fail(f"prefect {' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            return p
+
+        prefect("work-pool", "create", "local", "--type", "process")
+        prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+        procs.append(subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "local"], env=env,
+                                      cwd=ROOT, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+                                      start_new_session=True))  # fmt: skip
+        yield prefect, tmp_path / "out"
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def flow_run_id(output: str) -> str:
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", output).group(1)
+
+
+@pytest.mark.slow
+def test_deployments_sample_runs_pile_fails_fast_and_cancel_stops_training(server):
+    prefect, out = server
+    run = prefect("deployment", "run", "scaling-sweep/sample", "--param", f"overrides={json.dumps(TINY)}",
+                  "--watch", "--watch-timeout", "600")  # fmt: skip
+    assert "Completed" in run.stdout, run.stdout[-3000:]
+    runs = pq.read_table(out / "sweeps" / "sample" / "runs.parquet").to_pandas()
+    assert len(runs) == 2 and set(runs.status) == {"completed"}
+    assert (out / "sweeps" / "sample" / "report" / "report.html").is_file()
+
+    t0 = time.time()
+    pile = prefect("deployment", "run", "scaling-sweep/pile", "--watch", "--watch-timeout", "300", check=False)
+    assert pile.returncode != 0 and time.time() - t0 < 120
+    logs = prefect("flow-run", "logs", flow_run_id(pile.stdout)).stdout
+    assert "/data/pile" in logs and "data.path" in logs
+
+    # Cancelling a running sweep ends its training processes too.
+    long = dict(TINY, **{"sizes": ["t3"], "tokens.per_param": 20, "tokens.multipliers": [1.0]})
+    started = prefect("deployment", "run", "scaling-sweep/sample", "--param", f"overrides={json.dumps(long)}")
+    deadline = time.time() + 300
+    while not trainer_pids():
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.5)
+    prefect("flow-run", "cancel", flow_run_id(started.stdout))
+    deadline = time.time() + 120
+    while trainer_pids():
+        assert time.time() < deadline, f"training processes outlived the cancelled flow run: {trainer_pids()}"
+        time.sleep(1)

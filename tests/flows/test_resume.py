@@ -1,0 +1,77 @@
+"""A training process killed mid-run resumes from its last checkpoint, with nothing duplicated."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, scaling, tiny_sweep
+
+
+def trainer_pids() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"tasks.trainer" in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+def completed_checkpoints(out: Path) -> list[int]:
+    return [int(p.parent.name[4:]) for p in out.glob("runs/*/ckpt/step*/COMPLETE")]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_env):
+    sweep = tiny_sweep(tmp_path, sizes="[t2]", multipliers="[2.0]", checkpoint_interval=10, eval_interval=10,
+                       concurrency=1)  # fmt: skip
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("scaling")
+    proc = subprocess.Popen([str(exe), "run", str(sweep), "--output", str(out)], cwd=ROOT,
+                            env={**os.environ, **prefect_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 300
+    while max(completed_checkpoints(out), default=0) < 30:
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 30 in time"
+        time.sleep(0.2)
+    pids = trainer_pids()
+    assert len(pids) == 1
+    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)
+    proc.communicate(timeout=300)
+
+    sweep_dir = out / "sweeps" / "tiny"
+    runs = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
+    assert list(runs.status) == ["failed"]
+    killed_at = max(completed_checkpoints(out))
+
+    scaling("run", sweep, "--output", out, env=prefect_env)
+    log = next(out.glob("runs/*/train.log")).read_text()
+    assert f"resumed from step{killed_at}" in log
+    runs = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
+    assert list(runs.status) == ["completed"]
+    curves = pq.read_table(sweep_dir / "curves.parquet").to_pandas()
+    assert not curves.step.duplicated().any()
+    assert list(curves.step) == sorted(set(range(5, runs.steps[0] + 1, 5)) | {runs.steps[0]})
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "run_id" in r.data.tags]
+    assert len(children) == 1
+    hist = client.get_metric_history(children[0].info.run_id, "train_loss")
+    assert sorted(m.step for m in hist) == list(curves.step)
+
+    # The same point trained without interruption reaches the same losses: the data position,
+    # optimizer, schedule and RNG state all came back from the checkpoint.
+    straight = tmp_path / "straight"
+    scaling("run", sweep, "--output", straight, env=prefect_env)
+    ref = pq.read_table(straight / "sweeps" / "tiny" / "curves.parquet").to_pandas()
+    assert list(ref.step) == list(curves.step)
+    assert (ref.train_loss.values == curves.train_loss.values).all()
+    assert ref.val_loss.equals(curves.val_loss)
