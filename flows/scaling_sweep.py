@@ -20,7 +20,9 @@ from tasks.plan import threads_per_rank
 
 @flow(name="train-grid")
 def train_grid(specs: list, layout, cache, tracking, threads: int, timeout_s: float | None) -> list:
-    futures = [steps.train_point.submit(s, layout, cache, tracking, threads, timeout_s) for s in specs]
+    # Longest first, so that the last slot is not left running one long point alone.
+    ordered = sorted(specs, key=lambda s: s.est_wall_s, reverse=True)
+    futures = [steps.train_point.submit(s, layout, cache, tracking, threads, timeout_s) for s in ordered]
     return [f.result() for f in futures]
 
 

@@ -110,8 +110,8 @@ class ResourcesConfig(_Strict):
     flops_per_s: PositiveFloat | None = None
     """Achieved training FLOP/s per rank for time estimates (default: a short matmul probe on the CPU,
     or 40% of the GPU's bf16 peak)."""
-    startup_s: Annotated[float, Field(ge=0)] = 6.0
-    """Per-run launch cost added to time estimates."""
+    startup_s: Annotated[float, Field(ge=0)] = 8.0
+    """Per-run launch cost added to time estimates (process start, imports, DeepSpeed init: ~8 s on a CPU)."""
     timeout_s: PositiveFloat | None = None
     """Wall-clock limit of one run's training process; past it the run is stopped and marked failed."""
 

@@ -31,6 +31,8 @@ from tasks.data import TokenCache, train_batch, val_batches
 from tasks.plan import RunSpec
 from tasks.track import CurveLog, mlflow_client, send_metrics
 
+DIVERGED_AFTER_SKIPS = 5
+
 
 def lr_lambda(spec: RunSpec):
     """Multiplier of the peak LR at a step: linear warmup, then cosine (or WSD) down to min_lr."""
@@ -181,7 +183,7 @@ def main(run_dir: Path) -> int:
     batch_per_rank = spec.batch_tokens // spec.seq_len // world
     t0, t_last, last_logged, step_tokens = time.time(), time.time(), start, spec.batch_tokens
     train_loss = val_loss = float("nan")
-    status, done = "completed", start
+    status, done, bad_streak = "completed", start, 0
     for step in range(start, spec.steps):
         x, y = train_batch(train, step, rank, world, batch_per_rank, spec.seq_len, spec.seed)
         x, y = x.to(device), y.to(device)
@@ -194,8 +196,12 @@ def main(run_dir: Path) -> int:
             engine.step()
             losses.append(loss.detach())
         train_loss = torch.stack(losses).mean().item()
+        grad_norm = float(engine.get_global_grad_norm() or float("nan"))
         done = step + 1
-        if not math.isfinite(train_loss):
+        # DeepSpeed skips an update whose gradients are not finite, so a blown-up run can go on
+        # with a finite loss forever; a streak of skipped updates counts as divergence too.
+        bad_streak = bad_streak + 1 if not math.isfinite(grad_norm) else 0
+        if not math.isfinite(train_loss) or bad_streak >= DIVERGED_AFTER_SKIPS:
             status = "diverged"
         last = done == spec.steps or status == "diverged"
         if done % spec.eval_interval == 0 or last:
@@ -209,7 +215,7 @@ def main(run_dir: Path) -> int:
                 train_loss=train_loss,
                 val_loss=val_loss if done % spec.eval_interval == 0 or last else float("nan"),
                 lr_now=sched.get_last_lr()[0],
-                grad_norm=float(engine.get_global_grad_norm() or float("nan")),
+                grad_norm=grad_norm,
                 tokens_per_s=(done - last_logged) * step_tokens / max(now - t_last, 1e-9),
                 wall_s=wall_before + now - t0,
                 timestamp_ms=int(now * 1000),

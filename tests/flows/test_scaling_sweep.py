@@ -49,11 +49,16 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     assert {"report", "fits.json", "runs.parquet"} <= parent_files
 
     # Re-running the same sweep trains nothing; adding a learning rate trains only the new points.
+    # This one blows up: its points are marked diverged, the sweep goes on, the fit leaves them out.
     mtimes = {p: p.stat().st_mtime for p in (out / "runs").glob("*/status.json")}
-    scaling("run", tiny_sweep(tmp_path, lrs="[3.0e-3, 1.0e-2, 3.0e-2]"), "--output", out, env=prefect_env)
+    scaling("run", tiny_sweep(tmp_path, lrs="[3.0e-3, 1.0e-2, 1.0e+30]"), "--output", out, env=prefect_env)
     assert all(p.stat().st_mtime == m for p, m in mtimes.items())
     runs2 = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
     assert len(runs2) == 6 and len(list((out / "runs").glob("*/status.json"))) == 6
+    assert set(runs2[runs2.lr > 1].status) == {"diverged"} and set(runs2[runs2.lr < 1].status) == {"completed"}
+    fits = json.loads((sweep_dir / "fits.json").read_text())
+    assert sorted(e["run_id"] for e in fits["excluded"]) == sorted(runs2[runs2.lr > 1].run_id)
+    assert "2 diverged" in (sweep_dir / "report" / "report.md").read_text()
     _, children, parents = child_runs(out, "tiny")
     assert len(children) == 6 and len(parents) == 2
     curves2 = pq.read_table(sweep_dir / "curves.parquet").to_pandas()
