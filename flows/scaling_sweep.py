@@ -15,7 +15,9 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import steps
+from tasks.layout import Layout
 from tasks.plan import threads_per_rank
+from tasks.train import install_stop_handlers
 
 
 @flow(name="train-grid")
@@ -34,10 +36,10 @@ def scaling_sweep(
     overrides: dict[str, Any] | None = None,
 ) -> str:
     """Run a sweep end to end; returns the path of the HTML report."""
-    steps.train.install_stop_handlers()
+    install_stop_handlers()
     sweep_file = steps.resolve_sweep_path(sweep)
     cfg = steps.load_config(sweep, overrides)
-    layout = steps.Layout.at(output or steps.output_default())
+    layout = Layout.at(output or steps.output_default())
     plan = steps.plan_grid(cfg)
     cache = steps.prepare_tokens(cfg, layout)
     tracking = steps.open_tracking(cfg, layout, str(sweep_file))
