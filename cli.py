@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -40,8 +41,9 @@ def cmd_run(args) -> int:
     print(format_plan(plan_sweep(cfg), cfg.resources.concurrency), flush=True)
     from flows.scaling_sweep import scaling_sweep
 
+    t0 = time.time()
     html = scaling_sweep(sweep=args.config, output=args.output, overrides=parse_overrides(args.set))
-    print(f"\nreport: {html}")
+    print(f"\nsweep finished in {time.time() - t0:.0f} s\nreport: {html}")
     return 0
 
 

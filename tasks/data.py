@@ -25,11 +25,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from tasks.config import DataConfig
 from tasks.corpus import (
@@ -44,6 +42,12 @@ from tasks.corpus import (
     text_files,
     write_atomic,
 )
+from tasks.tokenizer import (
+    end_token_id,
+    load_tokenizer,
+    parse_spec,
+    user_tokenizer,
+)
 
 __all__ = [
     "DataError",
@@ -55,130 +59,15 @@ __all__ = [
     "iter_text_documents",
     "load_tokenizer",
     "prepare_data",
-    "train_batch",
-    "val_batches",
     "vocab_size_for",
 ]
 
 log = logging.getLogger(__name__)
 
-END_OF_TEXT = "<|endoftext|>"
-# GPT-2/NeoX use the first; Llama-style tokenizer.json files carry one of the others.
-_END_TOKENS = (END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>")
 _FORMAT = 1
-# BPE merges settle long before this; it bounds tokenizer training on a full Pile.
-_BPE_TRAIN_CHARS = 128 << 20
 _BATCH_CHARS = 4 << 20
 _BATCH_DOCS = 1024
 _COPY_TOKENS = 1 << 22
-
-
-# ---------------------------------------------------------------- tokenizers
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2's stand-in character for each byte, in byte order (the characters ByteLevel pre-tokenizing emits):
-    printable Latin-1 bytes stand for themselves, the others for 256, 257, ... in turn."""
-    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
-    others = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
-
-
-def _byte_level(model: models.Model) -> Tokenizer:
-    tok = Tokenizer(model)
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
-def _byte_tokenizer() -> Tokenizer:
-    # A BPE with no merges over the 256 byte characters: token b is byte b, the end of text is 256.
-    tok = _byte_level(models.BPE(vocab={c: b for b, c in enumerate(_byte_chars())}, merges=[]))
-    tok.add_special_tokens([END_OF_TEXT])
-    return tok
-
-
-def _train_bpe(docs: Iterable[str], vocab_size: int) -> Tokenizer:
-    tok = _byte_level(models.BPE())
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[END_OF_TEXT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_first_chars(docs, _BPE_TRAIN_CHARS), trainer=trainer)
-    return tok
-
-
-def _first_chars(docs: Iterable[str], limit: int) -> Iterator[str]:
-    seen = 0
-    for d in docs:
-        if seen >= limit:
-            return
-        seen += len(d)
-        yield d
-
-
-def _parse_spec(spec: str) -> tuple[Literal["bytes", "bpe", "file"], int, Path | None]:
-    if spec == "bytes":
-        return "bytes", 0, None
-    if spec.startswith("bpe:"):
-        vocab = int(spec[4:]) if spec[4:].isdigit() else 0
-        if vocab < 257:
-            raise DataError(
-                f"data.tokenizer {spec!r}: the BPE vocabulary must be an integer of at least 257 "
-                f"(256 bytes and {END_OF_TEXT}), e.g. 'bpe:512'"
-            )
-        return "bpe", vocab, None
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise DataError(
-            f"tokenizer file not found: {path.absolute()} "
-            "(data.tokenizer is 'bytes', 'bpe:<vocab>' or the path of a tokenizer.json)"
-        )
-    return "file", 0, path
-
-
-def end_token_id(tok: Tokenizer, where: str | Path = "tokenizer") -> int:
-    """The id of the token that ends a document; DataError naming `where` if the tokenizer has none."""
-    for t in _END_TOKENS:
-        if (i := tok.token_to_id(t)) is not None:
-            return i
-    looked = ", ".join(_END_TOKENS)
-    raise DataError(f"{where}: no end-of-text token (looked for {looked}); add {END_OF_TEXT!r} to it")
-
-
-def _user_tokenizer(path: Path) -> Tokenizer:
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
-        raise DataError(f"{path.absolute()}: not a readable tokenizer.json ({e})") from None
-    end_token_id(tok, path.absolute())
-    return tok
-
-
-def load_tokenizer(
-    spec: str, corpus_dir: Path, cache_dir: Path, *, source: Literal["pile", "text"] = "pile"
-) -> Tokenizer:
-    """'bytes', 'bpe:<vocab>' or the path of a tokenizer.json, as a HF tokenizer with an end-of-text token.
-
-    'bpe:<vocab>' is trained on the first 128 M characters of the corpus's train documents (of a text folder:
-    all its documents, the held-out tail included) and saved as cache_dir/bpe-<vocab>.tokenizer.json, which
-    later calls load; cache_dir must therefore belong to one corpus.
-    """
-    kind, vocab, path = _parse_spec(spec)
-    if kind == "bytes":
-        return _byte_tokenizer()
-    if kind == "file":
-        return _user_tokenizer(path)
-    saved = Path(cache_dir) / f"bpe-{vocab}.tokenizer.json"
-    if saved.is_file():
-        return Tokenizer.from_file(str(saved))
-    docs = iter_documents(corpus_dir, "train") if source == "pile" else iter_text_documents(corpus_dir)
-    tok = _train_bpe(docs, vocab)
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(saved, tok.to_str().encode())
-    return tok
 
 
 # ---------------------------------------------------------------- the cache
@@ -241,7 +130,7 @@ def _corpus_path(cfg: DataConfig) -> Path | None:
 def check_data(cfg: DataConfig) -> None:
     """The cheap checks of prepare_data (folders and files exist, tokenizer spec parses), reading no data."""
     _corpus_path(cfg)
-    _parse_spec(cfg.tokenizer)
+    parse_spec(cfg.tokenizer)
 
 
 def vocab_size_for(cfg: DataConfig) -> int:
@@ -250,12 +139,12 @@ def vocab_size_for(cfg: DataConfig) -> int:
     Every id in the cache is below it: a trained 'bpe:<vocab>' never exceeds <vocab> (on a small corpus it
     may stop short, leaving a few embedding rows unused).
     """
-    kind, vocab, path = _parse_spec(cfg.tokenizer)
+    kind, vocab, path = parse_spec(cfg.tokenizer)
     if kind == "bytes":
         return 257
     if kind == "bpe":
         return vocab
-    return _user_tokenizer(path).get_vocab_size(with_added_tokens=True)
+    return user_tokenizer(path).get_vocab_size(with_added_tokens=True)
 
 
 def _sha256_json(obj) -> str:
@@ -406,7 +295,7 @@ def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
     corpus = _corpus_path(cfg)
-    _, _, tok_file = _parse_spec(cfg.tokenizer)
+    _, _, tok_file = parse_spec(cfg.tokenizer)
     if corpus is None:
         where = Path(cfg.path).expanduser() if cfg.path else data_root / "sample-corpus"
         corpus = build_sample_corpus(where, cfg.sample_bytes)
@@ -438,54 +327,3 @@ def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
                 "give the corpus more text (or raise data.sample_bytes / data.val_tokens) or shorten data.seq_len"
             )
     return cache
-
-
-# ---------------------------------------------------------------- batches
-
-
-def train_batch(
-    tokens: np.ndarray, step: int, rank: int, world_size: int, batch_per_rank: int, seq_len: int, seed: int
-) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Rank `rank`'s share of step `step`'s batch: x and y = x shifted by one, each (batch_per_rank, seq_len).
-
-    The step's global batch is world_size x batch_per_rank windows whose starts are drawn uniformly over the
-    whole stream by a generator seeded with (seed, step) alone; rank r takes the r-th disjoint slice. A run
-    resumed at step s therefore sees exactly the tokens it would have seen, with no loader state to save.
-    Windows are drawn with replacement across steps: the Pile is far larger than any budget trained here, so
-    an epoch-style permutation would buy nothing, and a small corpus is simply revisited.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    if seed < 0 or step < 0:
-        raise ValueError(f"seed and step must be non-negative, got seed={seed}, step={step}")
-    n_starts = len(tokens) - seq_len
-    if n_starts < 1:
-        raise ValueError(f"a stream of {len(tokens)} tokens holds no window of seq_len + 1 = {seq_len + 1} tokens")
-    rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, n_starts, size=world_size * batch_per_rank)
-    mine = starts[rank * batch_per_rank : (rank + 1) * batch_per_rank]
-    windows = np.stack([tokens[s : s + seq_len + 1] for s in mine]).astype(np.int64)
-    x, y = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
-    return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def val_batches(
-    tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int
-) -> Iterator[tuple[torch.LongTensor, torch.LongTensor]]:
-    """Contiguous, non-overlapping windows from the start of the val stream, up to max_tokens, in batches.
-
-    The same windows for every run and every eval, so validation losses compare across runs.
-    """
-    n_windows = min((len(tokens) - 1) // seq_len, max_tokens // seq_len)
-    if n_windows < 1:
-        raise ValueError(
-            f"no validation window: {len(tokens)} tokens, max_tokens {max_tokens}, seq_len + 1 = {seq_len + 1}"
-        )
-
-    def batches():
-        for first in range(0, n_windows, batch_size):
-            k = min(batch_size, n_windows - first)
-            span = np.asarray(tokens[first * seq_len : (first + k) * seq_len + 1]).astype(np.int64)
-            yield torch.from_numpy(span[:-1].reshape(k, seq_len)), torch.from_numpy(span[1:].reshape(k, seq_len))
-
-    return batches()

@@ -120,6 +120,16 @@ def send_metrics(client, mlflow_run_id: str, rows: list[dict]) -> bool:
         return False
 
 
+def tag_run(client, mlflow_run_id: str, tags: dict) -> None:
+    """Tags that must not stop training when the store is unreachable."""
+    from mlflow.entities import RunTag
+
+    try:
+        client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    except Exception as e:
+        log.warning("MLflow tagging failed (%s)", e)
+
+
 def child_params(spec) -> dict:
     keys = ("arch", "size", "n_layer", "d_model", "n_params", "n_params_nonembed", "tokens", "steps", "lr", "seed",
             "batch_tokens", "seq_len", "flops", "zero_stage", "precision", "ranks")  # fmt: skip

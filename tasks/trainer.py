@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from kernels.attention import attention_impl
 from models.registry import build_model, config_from_dict
-from tasks.data import TokenCache, train_batch, val_batches
+from tasks.data import TokenCache
+from tasks.loader import train_batch, val_batches
 from tasks.plan import RunSpec
-from tasks.track import CurveLog, mlflow_client, send_metrics
+from tasks.track import CurveLog, mlflow_client, send_metrics, tag_run
 
 DIVERGED_AFTER_SKIPS = 5
 
@@ -168,8 +169,11 @@ def main(run_dir: Path) -> int:
     ckpts = Checkpoints(run_dir / "ckpt")
     client = mlflow_client(launch["mlflow_uri"]) if rank == 0 and launch.get("mlflow_run_id") else None
     if client:
-        client.set_tag(launch["mlflow_run_id"], "attention_impl", attention_impl())
+        tag_run(client, launch["mlflow_run_id"], {"attention_impl": attention_impl()})
 
+    if rank == 0:
+        print(f"{spec.name}: {world} rank(s) on {device}, ZeRO stage {spec.zero_stage}, {spec.precision}, "
+              f"attention {attention_impl()}", flush=True)  # fmt: skip
     start, wall_before = 0, 0.0
     tag = ckpts.latest()
     if tag:

@@ -40,6 +40,15 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     html = (sweep_dir / "report" / "report.html").read_text()
     assert "<img" in html and (sweep_dir / "report" / "report.md").is_file()
 
+    # fit and report re-run alone on the recorded results, with no training
+    refit = tmp_path / "refit.json"
+    scaling("fit", sweep_dir / "runs.parquet", "--out", refit)
+    assert json.loads(refit.read_text())["n_runs"] == 4
+    before = (sweep_dir / "report" / "report.md").read_text()
+    (sweep_dir / "report" / "report.md").unlink()
+    assert "report.html" in scaling("report", sweep_dir).stdout
+    assert (sweep_dir / "report" / "report.md").read_text() == before
+
     client, children, parents = child_runs(out, "tiny")
     assert len(children) == 4 and len(parents) == 1
     assert {r.data.tags["status"] for r in children} == {"completed"}
@@ -63,6 +72,16 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     assert len(children) == 6 and len(parents) == 2
     curves2 = pq.read_table(sweep_dir / "curves.parquet").to_pandas()
     assert not curves2.duplicated(["run_id", "step"]).any()
+
+
+def test_two_ranks_through_torchrun_with_zero_stage_2(tmp_path, prefect_env):
+    out = tmp_path / "out"
+    scaling("run", tiny_sweep(tmp_path, sizes="[t1]", concurrency=1), "--output", out,
+            "--set", "resources.ranks_per_run=2", "--set", "train.zero_stage=2", env=prefect_env)  # fmt: skip
+    runs = pq.read_table(out / "sweeps" / "tiny" / "runs.parquet").to_pandas()
+    assert list(runs.status) == ["completed"] and runs.val_loss[0] < 5.7
+    log = next(out.glob("runs/*/train.log")).read_text()
+    assert "2 rank(s) on cpu, ZeRO stage 2" in log
 
 
 def test_plan_prints_the_grid_without_compute(tmp_path):

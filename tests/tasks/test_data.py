@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zstandard
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -13,15 +12,13 @@ from tasks.config import DataConfig
 from tasks.corpus import SAMPLE_MARKER, SAMPLE_SET_NAME
 from tasks.data import (
     DataError,
+    TokenCache,
     build_sample_corpus,
     check_data,
     iter_documents,
     iter_text_documents,
     load_tokenizer,
-    TokenCache,
     prepare_data,
-    train_batch,
-    val_batches,
     vocab_size_for,
 )
 
@@ -272,36 +269,3 @@ def test_too_short_validation_split_is_named(sample, tmp_path):
     cfg = DataConfig(**_sample_cfg(sample), tokenizer="bytes", val_tokens=100)
     with pytest.raises(DataError, match="validation split has 100 tokens, fewer than data.seq_len \\+ 1 = 129"):
         prepare_data(cfg, tmp_path)
-
-
-# ---------------------------------------------------------------- batches
-
-
-def test_train_batch_is_a_function_of_seed_and_step(bytes_cache):
-    tokens = bytes_cache.train_tokens()
-    x, y = train_batch(tokens, step=7, rank=0, world_size=1, batch_per_rank=8, seq_len=64, seed=3)
-    assert x.shape == y.shape == (8, 64) and x.dtype == y.dtype == torch.int64
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    for row_x, row_y in zip(x.numpy(), y.numpy()):
-        start = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(tokens, 64) == row_x, axis=1))[0]
-        assert np.array_equal(row_y, tokens[start + 1 : start + 65])
-
-    again = train_batch(tokens, step=7, rank=0, world_size=1, batch_per_rank=8, seq_len=64, seed=3)
-    assert torch.equal(again[0], x) and torch.equal(again[1], y)
-    assert not torch.equal(train_batch(tokens, 8, 0, 1, 8, 64, 3)[0], x)
-    assert not torch.equal(train_batch(tokens, 7, 0, 1, 8, 64, 4)[0], x)
-
-    ranks = [train_batch(tokens, 7, r, 4, 2, 64, 3) for r in range(4)]
-    assert torch.equal(torch.cat([r[0] for r in ranks]), x) and torch.equal(torch.cat([r[1] for r in ranks]), y)
-
-
-def test_val_batches_are_fixed_contiguous_windows(bytes_cache):
-    val = bytes_cache.val_tokens()
-    batches = list(val_batches(val, seq_len=64, batch_size=5, max_tokens=1000))
-    assert [len(x) for x, _ in batches] == [5, 5, 5]
-    x = torch.cat([b[0] for b in batches]).flatten().numpy()
-    y = torch.cat([b[1] for b in batches]).flatten().numpy()
-    assert np.array_equal(x, val[: 15 * 64]) and np.array_equal(y, val[1 : 15 * 64 + 1])
-    assert len(list(val_batches(val, 64, 100, 10**9))) == 1
-    with pytest.raises(ValueError, match="no validation window"):
-        val_batches(val, 64, 5, 10)
