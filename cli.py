@@ -39,11 +39,18 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)  # reject bad input before Prefect starts anything
     print(format_plan(plan_sweep(cfg), cfg.resources.concurrency), flush=True)
+    import pyarrow.parquet as pq
+
     from flows.scaling_sweep import scaling_sweep
 
     t0 = time.time()
-    html = scaling_sweep(sweep=args.config, output=args.output, overrides=parse_overrides(args.set))
-    print(f"\nsweep finished in {time.time() - t0:.0f} s\nreport: {html}")
+    html = Path(scaling_sweep(sweep=args.config, output=args.output, overrides=parse_overrides(args.set)))
+    status = pq.read_table(html.parents[1] / "runs.parquet", columns=["status"])["status"].to_pylist()
+    counts = ", ".join(f"{status.count(s)} {s}" for s in sorted(set(status)))
+    print(f"\nsweep finished in {time.time() - t0:.0f} s: {counts}\nreport: {html}")
+    if "failed" in status:
+        print("some runs failed (see the runs table's message column); run the sweep again to resume them")
+        return 1
     return 0
 
 

@@ -39,7 +39,7 @@ def scaling_sweep(
     install_stop_handlers()
     sweep_file = steps.resolve_sweep_path(sweep)
     cfg = steps.load_config(sweep, overrides)
-    layout = Layout.at(output or steps.output_default())
+    layout = Layout.at(output)
     plan = steps.plan_grid(cfg)
     cache = steps.prepare_tokens(cfg, layout)
     tracking = steps.open_tracking(cfg, layout, str(sweep_file))

@@ -36,16 +36,18 @@ def run_row(spec: RunSpec, run_dir: Path) -> dict:
     return row
 
 
+def _with_sweep(table: pa.Table, sweep: str) -> pa.Table:
+    i = table.schema.get_field_index("sweep")
+    return table.set_column(i, "sweep", pa.array([sweep] * table.num_rows, pa.string()))
+
+
 def collect(specs: list[RunSpec], runs_root: Path, sweep_dir: Path) -> tuple[Path, Path]:
     """Write sweep_dir/runs.parquet and sweep_dir/curves.parquet for these grid points."""
     rows = [run_row(s, runs_root / s.run_id) for s in specs]
     runs = pa.Table.from_pylist(rows).select(RUN_COLUMNS)
-    curves = [read_curve(runs_root / s.run_id / "curve") for s in specs]
+    # A run is shared by every sweep that has its point; its rows carry the sweep that collects them.
+    curves = [_with_sweep(read_curve(runs_root / s.run_id / "curve"), s.sweep) for s in specs]
     curves_table = pa.concat_tables(curves) if curves else curve_schema().empty_table()
-    curves_table = curves_table.set_column(
-        curves_table.schema.get_field_index("sweep"), "sweep",
-        pa.array([specs[0].sweep] * curves_table.num_rows if specs else [], pa.string()),
-    )  # fmt: skip
     runs_path, curves_path = sweep_dir / "runs.parquet", sweep_dir / "curves.parquet"
     write_parquet_atomic(runs, runs_path)
     write_parquet_atomic(curves_table, curves_path)

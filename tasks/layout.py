@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,9 @@ class Layout:
     output: Path
 
     @classmethod
-    def at(cls, output: str | Path) -> "Layout":
-        return cls(Path(output).expanduser().resolve())
+    def at(cls, output: str | Path | None) -> "Layout":
+        """The given folder, else $SCALING_OUTPUT, else ./outputs."""
+        return cls(Path(output or os.environ.get("SCALING_OUTPUT", "outputs")).expanduser().resolve())
 
     @property
     def data(self) -> Path:

@@ -258,7 +258,10 @@ def format_plan(plan: Plan, concurrency: int = 1) -> str:
         for r in plan.runs
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells: list[str]) -> str:  # text columns flush left, numbers flush right
+        return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     out = [line(head), line(["-" * w for w in widths]), *map(line, rows)]
     out.append("")
     out.append(

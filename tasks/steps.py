@@ -7,7 +7,6 @@ pay for importing Prefect.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,3 @@ def _artifact_key(name: str) -> str:
 def stop_training_processes(flow, flow_run, state) -> None:
     """Flow hook for cancellation and crashes: end every training process group this process started."""
     train.stop_all()
-
-
-def output_default() -> str:
-    return os.environ.get("SCALING_OUTPUT", "outputs")
