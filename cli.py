@@ -19,8 +19,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def _config(args):
-    from tasks.config import load_sweep, parse_overrides
-    from tasks.steps import resolve_sweep_path
+    from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
 
     return load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
 

@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import steps
+from tasks.config import resolve_sweep_path
 from tasks.layout import Layout
 from tasks.plan import threads_per_rank
 from tasks.train import install_stop_handlers
@@ -37,7 +38,7 @@ def scaling_sweep(
 ) -> str:
     """Run a sweep end to end; returns the path of the HTML report."""
     install_stop_handlers()
-    sweep_file = steps.resolve_sweep_path(sweep)
+    sweep_file = resolve_sweep_path(sweep)
     cfg = steps.load_config(sweep, overrides)
     layout = Layout.at(output)
     plan = steps.plan_grid(cfg)

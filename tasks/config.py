@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from models.registry import ARCHITECTURES, LADDERS
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 class ConfigError(ValueError):
     """A sweep file or parameter that cannot run; the message names the field and what is valid."""
@@ -227,6 +229,18 @@ def _format_error(err: ValidationError, source: str) -> str:
             msg = "unknown field"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def resolve_sweep_path(sweep: str) -> Path:
+    """A sweep file as given, else relative to the project, else a shipped sweep by name (`pile`):
+    a Prefect worker may run the flow from another folder."""
+    p = Path(sweep).expanduser()
+    if p.is_file() or p.is_absolute():
+        return p
+    for candidate in (PROJECT_ROOT / sweep, PROJECT_ROOT / "deployments" / "sweeps" / f"{sweep}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return p
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:

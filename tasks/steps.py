@@ -17,10 +17,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tasks import collect, data, fit, plan, track, train
-from tasks.config import SweepConfig, load_sweep
+from tasks.config import SweepConfig, load_sweep, resolve_sweep_path
 from tasks.layout import Layout
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -28,17 +26,6 @@ class Tracking:
     uri: str
     experiment_id: str
     parent_run_id: str
-
-
-def resolve_sweep_path(sweep: str) -> Path:
-    """A sweep file as given, else relative to the project (a worker may start elsewhere)."""
-    p = Path(sweep).expanduser()
-    if p.is_file() or p.is_absolute():
-        return p
-    for candidate in (PROJECT_ROOT / sweep, PROJECT_ROOT / "deployments" / "sweeps" / f"{sweep}.yaml"):
-        if candidate.is_file():
-            return candidate
-    return p
 
 
 @task(cache_policy=NO_CACHE)

@@ -83,6 +83,9 @@ def test_deployments_sample_runs_pile_fails_fast_and_cancel_stops_training(serve
     runs = pq.read_table(out / "sweeps" / "sample" / "runs.parquet").to_pandas()
     assert len(runs) == 2 and set(runs.status) == {"completed"}
     assert (out / "sweeps" / "sample" / "report" / "report.html").is_file()
+    artifacts = {a["key"]: a for a in json.loads(prefect("artifact", "ls", "--output", "json").stdout)}
+    assert {"sweep-sample", "sweep-sample-runs"} <= set(artifacts)
+    assert "2 completed" in artifacts["sweep-sample"]["data"]
 
     t0 = time.time()
     pile = prefect("deployment", "run", "scaling-sweep/pile", "--watch", "--watch-timeout", "300", check=False)
