@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The temporary Prefect server's telemetry heartbeat races the first writes to its fresh SQLite
+# database and prints a "database is locked" traceback; it also cannot reach out from air-gapped hosts.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _config(args):

@@ -57,10 +57,12 @@ def lr_lambda(spec: RunSpec):
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norms and embeddings stay undecayed, as in the Mamba authors' trainer."""
+    """Decay matrices only: biases, norms, embeddings and what the model names in no_weight_decay()
+    (Mamba's A_log and D, RWKV's decays) stay undecayed, as in the Mamba authors' trainer."""
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+        (decay if p.ndim >= 2 and "embed" not in name and name not in exempt else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
