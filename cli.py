@@ -18,6 +18,8 @@ from pathlib import Path
 # The temporary Prefect server's telemetry heartbeat races the first writes to its fresh SQLite
 # database and prints a "database is locked" traceback; it also cannot reach out from air-gapped hosts.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect waits 20 s for its temporary server by default; a busy 2-core machine can need more.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _config(args):
