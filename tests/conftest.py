@@ -20,7 +20,7 @@ data:
   seq_len: 32
   val_tokens: 4096
   sample_bytes: 400000
-architectures: [transformer++]
+architectures: {extra.pop('archs', '[transformer++]')}
 ladder: tiny
 sizes: {extra.pop('sizes', '[t1, t2]')}
 tokens:

@@ -5,6 +5,7 @@ import json
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
+from models.registry import ARCHITECTURES
 from tests.conftest import scaling, tiny_sweep
 
 
@@ -82,6 +83,19 @@ def test_two_ranks_through_torchrun_with_zero_stage_2(tmp_path, prefect_env):
     assert list(runs.status) == ["completed"] and runs.val_loss[0] < 5.7
     log = next(out.glob("runs/*/train.log")).read_text()
     assert "2 rank(s) on cpu, ZeRO stage 2" in log
+
+
+def test_every_architecture_trains_with_deepspeed(tmp_path, prefect_env):
+    archs = sorted(ARCHITECTURES)
+    out = tmp_path / "out"
+    sweep = tiny_sweep(tmp_path, archs=json.dumps(archs), sizes="[t1]", multipliers="[1.0]", eval_interval=10)
+    scaling("run", sweep, "--output", out, env=prefect_env)
+    runs = pq.read_table(out / "sweeps" / "tiny" / "runs.parquet").to_pandas()
+    assert sorted(runs.arch) == archs and set(runs.status) == {"completed"}
+    curves = pq.read_table(out / "sweeps" / "tiny" / "curves.parquet").to_pandas()
+    for arch, c in curves.groupby("arch"):
+        val = c.val_loss.dropna()
+        assert len(val) >= 3 and val.iloc[-1] < val.iloc[0] - 0.05, (arch, list(val))
 
 
 def test_plan_prints_the_grid_without_compute(tmp_path):
