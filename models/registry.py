@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch.nn as nn
 
+from models.hyena import Hyena, HyenaConfig
 from models.transformer import Transformer, TransformerConfig
 
 
@@ -58,6 +59,7 @@ def _transformer(variant: str) -> ArchSpec:
 ARCHITECTURES: dict[str, ArchSpec] = {
     "transformer": _transformer("gpt3"),
     "transformer++": _transformer("pp"),
+    "hyena": ArchSpec(HyenaConfig.for_size, HyenaConfig, Hyena),
 }
 
 # Each size: name, n_layer, d_model, n_head, and its reference peak LR (the GPT-3 recipe; the

@@ -4,8 +4,8 @@ import torch
 from kernels.fftconv import ENV_VAR, fftconv, fftconv_fast, fftconv_impl, fftconv_ref
 
 # Both paths compute in fp32 and round once, so they differ by summation order only: the FFT's
-# rounding grows like eps * log L relative to the output's scale (observed max error ~1e-6 in
-# fp32 at these sizes). In bf16 the inputs are exact in fp32 and each path rounds its fp32 result
+# rounding grows like eps * log L relative to the output's scale (observed max errors at these
+# sizes: 1e-6 on outputs, 9e-6 on dh, whose entries sum B x L products and reach ~10). In bf16 the inputs are exact in fp32 and each path rounds its fp32 result
 # once (eps 2^-7 ~ 7.8e-3), so two results may sit one ulp apart: two ulps relative plus a floor.
 TOLERANCES = {
     torch.float32: dict(atol=1e-5, rtol=1e-4),
@@ -73,7 +73,9 @@ def test_future_inputs_do_not_reach_the_past(fn):
     changed = u.clone()
     changed[..., t + 1 :] = torch.randn(2, 3, 16 - t - 1)
     before, after = fn(u, h, D), fn(changed, h, D)
-    torch.testing.assert_close(after[..., : t + 1], before[..., : t + 1], atol=1e-6, rtol=0)
+    # Every FFT output sums over every input, so the fast path is causal up to fp32 rounding
+    # (~1e-6 here); a leak from the O(1) change would be O(1).
+    torch.testing.assert_close(after[..., : t + 1], before[..., : t + 1], atol=1e-5, rtol=0)
     assert not torch.allclose(after[..., t + 1 :], before[..., t + 1 :])
 
 
