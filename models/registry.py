@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch.nn as nn
 
 from models.hyena import Hyena, HyenaConfig
+from models.rwkv import RWKV, RWKVConfig
 from models.transformer import Transformer, TransformerConfig
 
 
@@ -60,6 +61,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "transformer": _transformer("gpt3"),
     "transformer++": _transformer("pp"),
     "hyena": ArchSpec(HyenaConfig.for_size, HyenaConfig, Hyena),
+    "rwkv": ArchSpec(RWKVConfig.for_size, RWKVConfig, RWKV),
 }
 
 # Each size: name, n_layer, d_model, n_head, and its reference peak LR (the GPT-3 recipe; the
