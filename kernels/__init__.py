@@ -1,0 +1,11 @@
+"""Hot operators, each with a readable reference beside its fast path and one entry point that
+picks the path (overridable by an environment variable per op)."""
+
+
+def implementations() -> dict[str, str]:
+    """The path each operator takes in this process, for the run's log and MLflow tags."""
+    from kernels.attention import attention_impl
+    from kernels.fftconv import fftconv_impl
+    from kernels.wkv import wkv_impl
+
+    return {"attention": attention_impl(), "fftconv": fftconv_impl(), "wkv": wkv_impl()}

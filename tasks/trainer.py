@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels.attention import attention_impl
+from kernels import implementations
 from models.registry import build_model, config_from_dict
 from tasks.data import TokenCache
 from tasks.loader import train_batch, val_batches
@@ -170,12 +170,14 @@ def main(run_dir: Path) -> int:
                      ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")})  # fmt: skip
     ckpts = Checkpoints(run_dir / "ckpt")
     client = mlflow_client(launch["mlflow_uri"]) if rank == 0 and launch.get("mlflow_run_id") else None
+    impls = implementations()
     if client:
-        tag_run(client, launch["mlflow_run_id"], {"attention_impl": attention_impl()})
+        tag_run(client, launch["mlflow_run_id"], {f"{op}_impl": impl for op, impl in impls.items()})
 
     if rank == 0:
-        print(f"{spec.name}: {world} rank(s) on {device}, ZeRO stage {spec.zero_stage}, {spec.precision}, "
-              f"attention {attention_impl()}", flush=True)  # fmt: skip
+        paths = ", ".join(f"{op} {impl}" for op, impl in impls.items())
+        print(f"{spec.name}: {world} rank(s) on {device}, ZeRO stage {spec.zero_stage}, {spec.precision}; "
+              f"kernels: {paths}", flush=True)  # fmt: skip
     start, wall_before = 0, 0.0
     tag = ckpts.latest()
     if tag:
