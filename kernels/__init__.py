@@ -2,10 +2,16 @@
 picks the path (overridable by an environment variable per op)."""
 
 
-def implementations() -> dict[str, str]:
-    """The path each operator takes in this process, for the run's log and MLflow tags."""
+def implementations(device: str = "cpu") -> dict[str, str]:
+    """The path each operator takes on this device, for the run's log and MLflow tags."""
     from kernels.attention import attention_impl
     from kernels.fftconv import fftconv_impl
+    from kernels.selective_scan import selective_scan_impl
     from kernels.wkv import wkv_impl
 
-    return {"attention": attention_impl(), "fftconv": fftconv_impl(), "wkv": wkv_impl()}
+    return {
+        "attention": attention_impl(),
+        "fftconv": fftconv_impl(),
+        "selective_scan": selective_scan_impl(device),
+        "wkv": wkv_impl(),
+    }

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch.nn as nn
 
 from models.hyena import Hyena, HyenaConfig
+from models.mamba import Mamba, MambaConfig
 from models.rwkv import RWKV, RWKVConfig
 from models.transformer import Transformer, TransformerConfig
 
@@ -60,6 +61,7 @@ def _transformer(variant: str) -> ArchSpec:
 ARCHITECTURES: dict[str, ArchSpec] = {
     "transformer": _transformer("gpt3"),
     "transformer++": _transformer("pp"),
+    "mamba": ArchSpec(MambaConfig.for_size, MambaConfig, Mamba),
     "hyena": ArchSpec(HyenaConfig.for_size, HyenaConfig, Hyena),
     "rwkv": ArchSpec(RWKVConfig.for_size, RWKVConfig, RWKV),
 }

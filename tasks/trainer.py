@@ -170,7 +170,7 @@ def main(run_dir: Path) -> int:
                      ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")})  # fmt: skip
     ckpts = Checkpoints(run_dir / "ckpt")
     client = mlflow_client(launch["mlflow_uri"]) if rank == 0 and launch.get("mlflow_run_id") else None
-    impls = implementations()
+    impls = implementations(torch.device(device).type)
     if client:
         tag_run(client, launch["mlflow_run_id"], {f"{op}_impl": impl for op, impl in impls.items()})
 

@@ -1,0 +1,113 @@
+"""Times the selective-scan paths: `python -m kernels.bench_selective_scan [--batch 8 --seq-len 2048 ...]`.
+
+First checks the chunked path against the reference on a small input (outputs and gradients),
+then measures forward + backward of `selective_scan_ref` and `selective_scan_chunked` at the
+given size (default: batch 8, L 2048, d_inner 512, d_state 16, a 350M Mamba layer's width),
+with the options a Mamba layer uses (D, z, delta_bias, softplus). Inputs follow Mamba's
+initialisation: A = -(1..n), softplus(delta_bias) log-uniform in [1e-3, 1e-1].
+
+Each path runs in a fresh subprocess, so that one's allocations cannot hide the other's:
+- time: best of --repeats forward + backward passes, after one warm-up pass;
+- memory: the peak resident set (getrusage ru_maxrss) minus the resident set once the inputs
+  exist, i.e. the most memory the passes added, activations and autograd buffers included.
+With --ref-seq-len shorter than --seq-len, the reference is timed there and scaled linearly to
+--seq-len (its cost is linear in L), and its memory is reported at that length.
+
+Timings on a shared machine are noisy: --threads 1 gives the steadiest ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def mamba_inputs(b: int, d: int, L: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """u, delta, A, B, C, D, z, delta_bias as a freshly initialised Mamba layer feeds them, all requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.exp(torch.rand(d, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    delta_bias = dt + torch.log(-torch.expm1(-dt))  # softplus(delta_bias) = dt
+    u, delta, z = torch.randn(3, b, d, L, generator=g)
+    B, C = torch.randn(2, b, n, L, generator=g)
+    A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1)
+    return [x.requires_grad_() for x in (u, 0.1 * delta, A, B, C, torch.ones(d), z, delta_bias)]
+
+
+def fwd_bwd(fn, inputs: list[torch.Tensor], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    out = fn(*inputs, delta_softplus=True)
+    return (out, *torch.autograd.grad(out, inputs, grad_out))
+
+
+def check(b: int = 2, d: int = 16, L: int = 100, n: int = 16) -> float:
+    """Largest error of the chunked path against the reference, relative to each tensor's largest value."""
+    from kernels.selective_scan import selective_scan_chunked, selective_scan_ref
+
+    inputs = mamba_inputs(b, d, L, n)
+    grad_out = torch.randn(b, d, L)
+    fast, ref = fwd_bwd(selective_scan_chunked, inputs, grad_out), fwd_bwd(selective_scan_ref, inputs, grad_out)
+    return max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(fast, ref))
+
+
+def worker(path: str, b: int, d: int, L: int, n: int, repeats: int) -> dict:
+    """Runs in the subprocess: time and peak memory of one path."""
+    from kernels import selective_scan
+
+    fn = getattr(selective_scan, f"selective_scan_{path}")
+    inputs = mamba_inputs(b, d, L, n)
+    grad_out = torch.randn(b, d, L)
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fwd_bwd(fn, inputs, grad_out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fwd_bwd(fn, inputs, grad_out)
+        times.append(time.perf_counter() - start)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": min(times), "peak_mib": (peak_kib - base_kib) / 1024}
+
+
+def run_path(path: str, args: argparse.Namespace, L: int) -> dict:
+    cmd = [sys.executable, "-m", "kernels.bench_selective_scan", "--worker", path, "--batch", str(args.batch),
+           "--seq-len", str(L), "--d-inner", str(args.d_inner), "--d-state", str(args.d_state),
+           "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--d-inner", type=int, default=512)
+    parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ref-seq-len", type=int, default=None, help="time the reference at this L and scale")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--worker", choices=["ref", "chunked"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.batch, args.d_inner, args.seq_len, args.d_state, args.repeats)))
+        return
+
+    print(f"chunked vs ref, small input: max relative error {check():.1e} (outputs and all 8 gradients)")
+    L, ref_L = args.seq_len, args.ref_seq_len or args.seq_len
+    print(f"batch {args.batch}, L {L}, d_inner {args.d_inner}, d_state {args.d_state}, {args.threads} threads; "
+          f"forward + backward, best of {args.repeats}; memory = peak RSS added by the passes")  # fmt: skip
+    ref, chunked = run_path("ref", args, ref_L), run_path("chunked", args, L)
+    ref_s = ref["seconds"] * L / ref_L
+    scaled = f" (timed at L {ref_L}, scaled x{L / ref_L:g}; memory at L {ref_L})" if ref_L != L else ""
+    print(f"  ref      {ref_s:8.3f} s   {ref['peak_mib']:8.0f} MiB{scaled}")
+    print(f"  chunked  {chunked['seconds']:8.3f} s   {chunked['peak_mib']:8.0f} MiB")
+    print(f"  speed-up x{ref_s / chunked['seconds']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

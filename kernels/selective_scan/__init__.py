@@ -1,0 +1,97 @@
+"""Mamba's selective scan: a readable reference beside a chunked CPU path and a Triton GPU kernel.
+
+The signature is mamba_ssm's `selective_scan_fn` (state-spaces/mamba:
+mamba_ssm/ops/selective_scan_interface.py), without its grouped or time-invariant B and C and
+without returning the last state:
+
+    out = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False)
+
+u, delta, z and out are (b, d, L) = (batch, channels = the model's d_inner, time); A is (d, n);
+B, C are (b, n, L); D, delta_bias are (d,). Every path computes in fp32 and returns u's dtype;
+the recurrence is written out in `ref.py`.
+
+- `selective_scan_ref`: the recurrence one step at a time, differentiated by autograd.
+- `selective_scan_chunked`: chunks of time with a hand-written backward; bounded memory; the
+  default off CUDA (`chunked.py`).
+- `selective_scan_triton`: one fused Triton kernel for the forward, backward through the
+  chunked path; the default on CUDA when triton imports (`triton_scan.py`).
+- `selective_scan`: what models call. SCALING_SCAN_IMPL=ref|chunked|triton overrides the
+  choice; `selective_scan_impl(device)` names it so the trainer can record it. The first call
+  on each device logs the path, and warns when a CUDA tensor falls back from Triton.
+
+`python -m kernels.bench_selective_scan` times the reference against the chunked path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+
+from kernels.selective_scan.chunked import CHUNK, selective_scan_chunked
+from kernels.selective_scan.ref import selective_scan_ref
+from kernels.selective_scan.triton_scan import TRITON_INSTALL, selective_scan_triton, triton
+
+__all__ = [
+    "CHUNK",
+    "ENV_VAR",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_impl",
+    "selective_scan_ref",
+    "selective_scan_triton",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "SCALING_SCAN_IMPL"
+_IMPLS = {"ref": selective_scan_ref, "chunked": selective_scan_chunked, "triton": selective_scan_triton}
+_announced: set[tuple[str, str]] = set()
+"""(device type, path) pairs already logged; tests clear it to see the message again."""
+
+
+def selective_scan_impl(device: torch.device | str) -> str:
+    """The path `selective_scan` takes for tensors on `device`: SCALING_SCAN_IMPL if set, else
+    "triton" on CUDA when triton imports, else "chunked"."""
+    choice = os.environ.get(ENV_VAR)
+    if choice:
+        if choice not in _IMPLS:
+            raise ValueError(f"{ENV_VAR}={choice!r}; valid: {', '.join(_IMPLS)}")
+        if choice == "triton" and triton is None:
+            raise RuntimeError(f"{ENV_VAR}=triton, but triton does not import; {TRITON_INSTALL}")
+        return choice
+    return "triton" if torch.device(device).type == "cuda" and triton is not None else "chunked"
+
+
+def _announce(device: torch.device, impl: str) -> None:
+    if (device.type, impl) in _announced:
+        return
+    _announced.add((device.type, impl))
+    if device.type == "cuda" and impl == "chunked" and not os.environ.get(ENV_VAR):
+        warnings.warn(
+            f"selective_scan: triton does not import, so CUDA tensors take the chunked PyTorch path, "
+            f"many times slower; {TRITON_INSTALL}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    else:
+        log.info("selective_scan: the %s path on %s", impl, device.type)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """The selective scan, (b, d, L) in u's dtype, by the path `selective_scan_impl(u.device)` names."""
+    impl = selective_scan_impl(u.device)
+    _announce(u.device, impl)
+    return _IMPLS[impl](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
