@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kernels.fftconv import ENV_VAR
 from models.hyena import Hyena, HyenaConfig
 from models.registry import LADDERS, build_model, config_from_dict, model_config
+from tests.models.memorise import memorise
 
 
 def tiny(**overrides):
@@ -129,16 +130,7 @@ def test_overfits_one_batch():
     config = tiny(vocab_size=64, seq_len=32)
     model = Hyena(config)
     # Two sequences and 30 steps already end near a loss of 0.1-0.2, in a few seconds on a quiet CPU.
-    batch = torch.randint(0, 64, (2, 33))
-    inputs, targets = batch[:, :-1], batch[:, 1:]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = memorise(model, vocab=64, n_seq=2, steps=30)
     # Random tokens: the only way below ln(64) ~ 4.16 is to memorise the batch.
     assert losses[0] == pytest.approx(math.log(64), abs=0.3)
     assert losses[-1] < 0.5, losses[::10]

@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kernels.attention import ENV_VAR
 from models.transformer import Transformer, TransformerConfig
+from tests.models.memorise import memorise
 
 VARIANTS = ["gpt3", "pp"]
 
@@ -105,16 +106,7 @@ def test_overfits_one_batch(variant):
     torch.manual_seed(0)
     config = tiny(variant, vocab_size=64, seq_len=32)
     model = Transformer(config)
-    batch = torch.randint(0, 64, (4, 33))
-    inputs, targets = batch[:, :-1], batch[:, 1:]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(50):
-        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = memorise(model, vocab=64, n_seq=4, steps=50)
     # Random tokens: the only way below ln(64) ~ 4.16 is to memorise the batch.
     assert losses[0] == pytest.approx(math.log(64), abs=0.3)
     assert losses[-1] < 0.5, losses[::10]
