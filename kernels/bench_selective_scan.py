@@ -1,7 +1,8 @@
 """Times the selective-scan paths: `python -m kernels.bench_selective_scan [--batch 8 --seq-len 2048 ...]`.
 
-First checks the chunked path against the reference on a small input (outputs and gradients),
-then measures forward + backward of `selective_scan_ref` and `selective_scan_chunked` at the
+First checks the fast CPU paths against the reference on a small input (outputs and gradients),
+then measures forward + backward of `selective_scan_ref`, `selective_scan_chunked` and
+`selective_scan_cpu` (the fused C kernel) at the
 given size (default: batch 8, L 2048, d_inner 512, d_state 16, a 350M Mamba layer's width),
 with the options a Mamba layer uses (D, z, delta_bias, softplus). Inputs follow Mamba's
 initialisation: A = -(1..n), softplus(delta_bias) log-uniform in [1e-3, 1e-1].
@@ -28,6 +29,8 @@ import time
 
 import torch
 
+FAST = ("chunked", "cpu")
+
 
 def mamba_inputs(b: int, d: int, L: int, n: int, seed: int = 0) -> list[torch.Tensor]:
     """u, delta, A, B, C, D, z, delta_bias as a freshly initialised Mamba layer feeds them, all requiring grad."""
@@ -45,13 +48,14 @@ def fwd_bwd(fn, inputs: list[torch.Tensor], grad_out: torch.Tensor) -> tuple[tor
     return (out, *torch.autograd.grad(out, inputs, grad_out))
 
 
-def check(b: int = 2, d: int = 16, L: int = 100, n: int = 16) -> float:
-    """Largest error of the chunked path against the reference, relative to each tensor's largest value."""
-    from kernels.selective_scan import selective_scan_chunked, selective_scan_ref
+def check(path: str, b: int = 2, d: int = 16, L: int = 100, n: int = 16) -> float:
+    """Largest error of a path against the reference, relative to each tensor's largest value."""
+    from kernels import selective_scan
 
     inputs = mamba_inputs(b, d, L, n)
     grad_out = torch.randn(b, d, L)
-    fast, ref = fwd_bwd(selective_scan_chunked, inputs, grad_out), fwd_bwd(selective_scan_ref, inputs, grad_out)
+    fast = fwd_bwd(getattr(selective_scan, f"selective_scan_{path}"), inputs, grad_out)
+    ref = fwd_bwd(selective_scan.selective_scan_ref, inputs, grad_out)
     return max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(fast, ref))
 
 
@@ -90,23 +94,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ref-seq-len", type=int, default=None, help="time the reference at this L and scale")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--worker", choices=["ref", "chunked"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ref", *FAST], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.d_inner, args.seq_len, args.d_state, args.repeats)))
         return
 
-    print(f"chunked vs ref, small input: max relative error {check():.1e} (outputs and all 8 gradients)")
+    for path in FAST:
+        print(f"{path} vs ref, small input: max relative error {check(path):.1e} (outputs and all 8 gradients)")
     L, ref_L = args.seq_len, args.ref_seq_len or args.seq_len
     print(f"batch {args.batch}, L {L}, d_inner {args.d_inner}, d_state {args.d_state}, {args.threads} threads; "
           f"forward + backward, best of {args.repeats}; memory = peak RSS added by the passes")  # fmt: skip
-    ref, chunked = run_path("ref", args, ref_L), run_path("chunked", args, L)
+    ref = run_path("ref", args, ref_L)
     ref_s = ref["seconds"] * L / ref_L
     scaled = f" (timed at L {ref_L}, scaled x{L / ref_L:g}; memory at L {ref_L})" if ref_L != L else ""
     print(f"  ref      {ref_s:8.3f} s   {ref['peak_mib']:8.0f} MiB{scaled}")
-    print(f"  chunked  {chunked['seconds']:8.3f} s   {chunked['peak_mib']:8.0f} MiB")
-    print(f"  speed-up x{ref_s / chunked['seconds']:.1f}")
+    for path in FAST:
+        fast = run_path(path, args, L)
+        speedup = ref_s / fast["seconds"]
+        print(f"  {path:8} {fast['seconds']:8.3f} s   {fast['peak_mib']:8.0f} MiB   x{speedup:.1f} vs ref")
 
 
 if __name__ == "__main__":
