@@ -31,17 +31,56 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class DataConfig(_Strict):
-    source: Literal["sample", "pile", "text"] = "sample"
+    source: Literal["sample", "pile", "text", "hg38"] = "sample"
     path: str | None = None
     """Corpus directory. pile: the shards (00.jsonl.zst.., val.jsonl.zst); text: any folder of
-    .txt/.jsonl/.jsonl.zst; sample: where the corpus is built (default: <output>/data/sample-corpus)."""
+    .txt/.jsonl/.jsonl.zst; sample: where the corpus is built (default: <output>/data/sample-corpus);
+    hg38: the folder holding the FASTA and the BED (see fasta, bed)."""
+    fasta: str | None = None
+    """hg38 only: the genome FASTA, inside data.path unless absolute (default: hg38.ml.fa, HyenaDNA's name)."""
+    bed: str | None = None
+    """hg38 only: the BED of intervals `chrom start end split` (split train/valid/test), inside data.path unless
+    absolute (default: human-sequences.bed, HyenaDNA's name, else sequences_human.bed, Basenji's)."""
     tokenizer: str = "bpe:512"
-    """'bytes', 'bpe:<vocab>' (trained on the corpus), or the path of a HF tokenizer.json."""
+    """'bytes', 'bpe:<vocab>' (trained on the corpus), or the path of a HF tokenizer.json; hg38: 'char' (single
+    nucleotides, its only tokenizer and its default)."""
     seq_len: PositiveInt = 128
     val_tokens: PositiveInt = 65_536
     """Validation tokens held out (when the source has no val split) and evaluated at each eval."""
     sample_bytes: PositiveInt = 12_000_000
     """sample only: how much of the Python standard library's source to put in the corpus."""
+    subsets: list[str] | None = None
+    """Keep only documents whose `meta.pile_set_name` is listed (e.g. [Pile-CC, Github]); default all."""
+    mixture: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    """Training weight per set name, in epochs as the Pile paper gives them (2.0: every document twice,
+    0.5: a seeded half of them); sets not named keep weight 1. Validation is never reweighted."""
+    on_bad_record: Literal["error", "skip"] = "error"
+    """A bad record (not JSON, no text, invalid UTF-8, a corrupt or empty file): stop with an error naming
+    the file and line, or skip it and count it by cause in the token cache's manifest. hg38: a BED interval
+    outside its contig or on a contig the FASTA lacks (BED syntax errors always stop)."""
+    workers: PositiveInt | None = None
+    """Tokenizing processes (default: the machine's cores)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hg38_tokenizer_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") == "hg38" and "tokenizer" not in data:
+            return {**data, "tokenizer": "char"}
+        return data
+
+    @model_validator(mode="after")
+    def _fits_source(self):
+        if self.source == "hg38" and self.tokenizer != "char":
+            raise ValueError(
+                f"data.tokenizer {self.tokenizer!r}: hg38 is read as single-nucleotide characters (A, C, G, T, N); "
+                "leave data.tokenizer unset or set it to 'char'"
+            )
+        if self.source != "hg38":
+            if self.tokenizer == "char":
+                raise ValueError("data.tokenizer 'char' is the tokenizer of data.source hg38 only")
+            if self.fasta or self.bed:
+                raise ValueError("data.fasta and data.bed belong to data.source hg38")
+        return self
 
 
 class SizeConfig(_Strict):

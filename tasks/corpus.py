@@ -8,6 +8,9 @@ Three sources:
   with Python has, so the pipeline runs end to end with no download.
 
 Every read error names the file and line: a bad record in a 15 GB shard is otherwise unfindable.
+Documents come with their set name (the Pile's `meta.pile_set_name`), by which a sweep selects
+and weights them. A bad record stops the read (`on_bad_record: error`, the default) or is
+skipped and counted by cause for the cache's manifest (`skip`), through a `Skips`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import os
 import platform
 import re
 import shutil
+import socket
 import sysconfig
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -43,8 +49,38 @@ _SAMPLE_SHARDS = 4
 _VAL_FRACTION = 0.05
 
 
+UNLABELLED = "unlabelled"
+"""The set name of a document without `meta.pile_set_name` (a plain .txt file, say)."""
+_EXAMPLES = 5
+
+
 class DataError(ValueError):
     """A corpus, tokenizer or token cache that cannot be used; the message names the path and the fix."""
+
+
+class CorruptFile(DataError):
+    """A compressed file that cannot be read past some point."""
+
+
+@dataclass
+class Skips:
+    """Bad records met while reading: the first stops the read (policy "error"), or each is counted
+    by cause, with the first few places, for the manifest (policy "skip")."""
+
+    policy: Literal["error", "skip"] = "error"
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def bad(self, cause: str, where: str, detail: str) -> None:
+        if self.policy == "error":
+            raise DataError(f"{where}: {detail}")
+        self.counts[cause] += 1
+        seen = self.examples.setdefault(cause, [])
+        if len(seen) < _EXAMPLES:
+            seen.append(f"{where}: {detail}")
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy, "counts": dict(sorted(self.counts.items())), "examples": self.examples}
 
 
 # ---------------------------------------------------------------- atomic files and folders
@@ -56,6 +92,25 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def build_dir(final: Path) -> Path:
+    """A fresh temporary folder beside `final` to build it in, after removing those of builds of
+    `final` killed on this host (their builder process is gone).
+
+    It is named `.<final>-<host>-<pid>-<random>`: the owner is in the name from the start, so no
+    build can mistake a new folder for an abandoned one, and builders on other hosts sharing the
+    folder are left alone.
+    """
+    host = socket.gethostname()
+    for tmp in final.parent.glob(f".{final.name}-{host}-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 2)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (PermissionError, ValueError):  # alive under another user, or not a name of ours
+            continue
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}-{host}-{os.getpid()}-", dir=final.parent))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -149,22 +204,38 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 start = end + 1
             pending.append(chunk[start:])
     except zstandard.ZstdError as e:
-        raise DataError(f"{path}: corrupt or truncated zstd data after line {lineno}: {e}") from None
+        raise CorruptFile(f"{path}: corrupt or truncated zstd data after line {lineno}: {e}") from None
     if tail := b"".join(pending):
         yield lineno + 1, tail
 
 
-def _jsonl_texts(path: Path) -> Iterator[str]:
-    for lineno, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:  # also UnicodeDecodeError
-            raise DataError(f"{path}, line {lineno}: not a JSON record ({e})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f'{path}, line {lineno}: the record has no "text" string')
-        yield record["text"]
+def _jsonl_records(path: Path, skips: Skips) -> Iterator[tuple[str, str]]:
+    """(text, set name) of each good line; a corrupt file's good lines before the damage count."""
+    records = 0
+    try:
+        for lineno, line in _lines(path):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                skips.bad("invalid_utf8", where, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                continue
+            except ValueError as e:
+                skips.bad("not_json", where, f"not a JSON record ({e})")
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                skips.bad("no_text", where, 'the record has no "text" string')
+                continue
+            meta = record.get("meta")
+            name = meta.get("pile_set_name") if isinstance(meta, dict) else None
+            records += 1
+            yield record["text"], name if isinstance(name, str) else UNLABELLED
+    except CorruptFile as e:
+        skips.bad("corrupt_file", str(path), str(e).removeprefix(f"{path}: "))
+    if records == 0 and path.stat().st_size == 0:
+        skips.bad("empty_file", str(path), "an empty file (no records)")
 
 
 def pile_files(path: Path) -> tuple[list[Path], Path | None]:
@@ -180,8 +251,14 @@ def pile_files(path: Path) -> tuple[list[Path], Path | None]:
     return shards, val if val.is_file() else None
 
 
-def iter_documents(path: Path, split: Split) -> Iterator[str]:
+def iter_documents(path: Path, split: Split, skips: Skips | None = None) -> Iterator[str]:
     """The documents of one split of a Pile-layout folder, streamed shard by shard."""
+    return (text for text, _ in iter_records(path, split, skips))
+
+
+def iter_records(path: Path, split: Split, skips: Skips | None = None) -> Iterator[tuple[str, str]]:
+    """(text, set name) of every document of one split of a Pile-layout folder, shard by shard."""
+    skips = skips or Skips()
     shards, val = pile_files(Path(path))
     if split == "val":
         if val is None:
@@ -192,7 +269,7 @@ def iter_documents(path: Path, split: Split) -> Iterator[str]:
             raise DataError(f"{path}: no train shards (NN.jsonl.zst, e.g. 00.jsonl.zst)")
         files = shards
     for f in files:
-        yield from _jsonl_texts(f)
+        yield from _jsonl_records(f, skips)
 
 
 def text_files(path: Path) -> list[Path]:
@@ -205,18 +282,27 @@ def text_files(path: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def iter_text_documents(path: Path) -> Iterator[str]:
+def iter_text_documents(path: Path, skips: Skips | None = None) -> Iterator[str]:
     """Every document of a text folder: a .txt file is one document, a .jsonl line is one record."""
+    return (text for text, _ in iter_text_records(path, skips))
+
+
+def iter_text_records(path: Path, skips: Skips | None = None) -> Iterator[tuple[str, str]]:
+    """(text, set name) of every document of a text folder; a .txt file's set name is UNLABELLED."""
+    skips = skips or Skips()
     for f in text_files(path):
         if not f.name.endswith(".txt"):
-            yield from _jsonl_texts(f)
+            yield from _jsonl_records(f, skips)
             continue
         data = f.read_bytes()
+        if not data:
+            skips.bad("empty_file", str(f), "an empty file (no text)")
+            continue
         try:
-            yield data.decode("utf-8")
+            yield data.decode("utf-8"), UNLABELLED
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
-            raise DataError(f"{f}, line {line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            skips.bad("invalid_utf8", f"{f}, line {line}", f"not UTF-8 text ({e.reason} at byte {e.start})")
 
 
 # ---------------------------------------------------------------- the sample corpus
@@ -325,7 +411,7 @@ def build_sample_corpus(out_dir: Path, max_bytes: int) -> Path:
     train_bytes = sum(len(d) for _, d in train)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp = build_dir(out_dir)
     try:
         shards: list[list[tuple[str, bytes]]] = [[]]
         size = 0

@@ -19,29 +19,33 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from tasks.config import DataConfig
 from tasks.corpus import (
     DataError,
+    Skips,
+    build_dir,
     build_sample_corpus,
     check_sample_dir,
     file_digest,
     iter_documents,
+    iter_records,
     iter_text_documents,
+    iter_text_records,
     pile_files,
     replace_dir,
     text_files,
     write_atomic,
 )
+from tasks.encode import write_tokens
 from tasks.tokenizer import (
     end_token_id,
     load_tokenizer,
@@ -64,9 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1
-_BATCH_CHARS = 4 << 20
-_BATCH_DOCS = 1024
+_FORMAT = 2
 _COPY_TOKENS = 1 << 22
 
 
@@ -129,6 +131,10 @@ def _corpus_path(cfg: DataConfig) -> Path | None:
 
 def check_data(cfg: DataConfig) -> None:
     """The cheap checks of prepare_data (folders and files exist, tokenizer spec parses), reading no data."""
+    if cfg.source == "hg38":  # a genome, not documents: tasks.genome (imported late: it imports this module)
+        from tasks.genome import check_genome
+
+        return check_genome(cfg)
     _corpus_path(cfg)
     parse_spec(cfg.tokenizer)
 
@@ -139,6 +145,10 @@ def vocab_size_for(cfg: DataConfig) -> int:
     Every id in the cache is below it: a trained 'bpe:<vocab>' never exceeds <vocab> (on a small corpus it
     may stop short, leaving a few embedding rows unused).
     """
+    if cfg.source == "hg38":
+        from tasks.genome import VOCAB_SIZE
+
+        return VOCAB_SIZE
     kind, vocab, path = parse_spec(cfg.tokenizer)
     if kind == "bytes":
         return 257
@@ -166,42 +176,36 @@ def _load(folder: Path) -> TokenCache | None:
     return cache if m.get("format") == _FORMAT and sizes_ok and cache.tokenizer_path.is_file() else None
 
 
-def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for d in docs:
-        if not d:
+def _weight(name: str, index: int, weight: float) -> int:
+    """How many times the index-th document of set `name` goes into the train stream under `weight`
+    epochs: the whole part always, the fraction by a hash of (name, index), so the same documents
+    are chosen on every build and machine."""
+    whole, frac = divmod(weight, 1.0)
+    u = int.from_bytes(hashlib.blake2b(f"{name}/{index}".encode(), digest_size=8).digest(), "big") / 2**64
+    return int(whole) + (u < frac)
+
+
+def _select(records: Iterable[tuple[str, str]], cfg: DataConfig, weigh: bool) -> Iterator[tuple[str, str]]:
+    """The (text, set name) records of cfg's subsets, each repeated by its mixture weight if `weigh`."""
+    keep = set(cfg.subsets) if cfg.subsets else None
+    weights = cfg.mixture if weigh and cfg.mixture else {}
+    seen: dict[str, int] = {}
+    for text, name in records:
+        if keep is not None and name not in keep:
             continue
-        batch.append(d)
-        size += len(d)
-        if size >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+        index = seen[name] = seen.get(name, -1) + 1
+        for _ in range(_weight(name, index, weights[name]) if name in weights else 1):
+            yield text, name
 
 
-def _write_tokens(tok: Tokenizer, docs: Iterable[str], path: Path, dtype, eot: int, limit: int | None = None):
-    """Tokenize documents in batches to a flat file, each followed by `eot`; stop after `limit` tokens.
-
-    Returns (tokens written, documents read).
-    """
-    n_tokens = n_docs = 0
-    with open(path, "wb") as fh:
-        for batch in _batches(docs):
-            ids = [e.ids for e in tok.encode_batch(batch, add_special_tokens=False)]
-            sizes = np.array([len(x) + 1 for x in ids])
-            starts = np.cumsum(sizes) - sizes
-            arr = np.full(int(sizes.sum()), eot, dtype=dtype)
-            for x, start in zip(ids, starts):
-                arr[start : start + len(x)] = x
-            if limit is not None and n_tokens + len(arr) >= limit:
-                keep = limit - n_tokens
-                fh.write(arr[:keep].tobytes())
-                return limit, n_docs + int(np.searchsorted(starts, keep))
-            fh.write(arr.tobytes())
-            n_tokens += len(arr)
-            n_docs += len(batch)
-    return n_tokens, n_docs
+def _check_sets(cfg: DataConfig, seen: Iterable[str], corpus: Path) -> None:
+    """A subset or mixture name that matched no document is a typo until shown otherwise."""
+    seen = set(seen)
+    for what, names in (("data.subsets", cfg.subsets or []), ("data.mixture", cfg.mixture or {})):
+        if missing := sorted(set(names) - seen):
+            raise DataError(
+                f"{what}: no document of {', '.join(missing)} in {corpus} (sets there: {', '.join(sorted(seen))})"
+            )
 
 
 def _hold_out_tail(train: Path, val: Path, dtype, eot: int, n_docs: int, val_tokens: int, corpus: Path):
@@ -237,32 +241,53 @@ def _hold_out_tail(train: Path, val: Path, dtype, eot: int, n_docs: int, val_tok
 
 def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: str, data_root: Path) -> None:
     final = data_root / f"tokens-{key[:16]}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=data_root))
+    tmp = build_dir(final)
     try:
+        skips = Skips(cfg.on_bad_record)
+
+        def records(split: str):
+            if layout == "text":
+                return iter_text_records(corpus, skips)
+            return iter_records(corpus, split, skips)
+
         t0 = time.perf_counter()
-        tok_cache = data_root / f"tokenizer-{_sha256_json([layout, files])[:16]}"
-        tok = load_tokenizer(cfg.tokenizer, corpus, tok_cache, source=layout)
+        tok_cache = data_root / f"tokenizer-{_sha256_json([layout, files, cfg.subsets])[:16]}"
+        def train_texts():
+            return (text for text, _ in _select(records("train"), cfg, weigh=False))
+
+        tok = load_tokenizer(cfg.tokenizer, train_texts, tok_cache)
         t_tok = time.perf_counter() - t0
         tok.save(str(tmp / "tokenizer.json"))
         eot = end_token_id(tok, cfg.tokenizer)
         vocab = tok.get_vocab_size(with_added_tokens=True)
-        dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
-        log.info("tokenizing %s into %s (vocab %d)", corpus, final, vocab)
+        dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32).name
+        workers = cfg.workers or os.cpu_count() or 1
+        skips.counts.clear()  # the tokenizer's pass read the same records: count them once, below
+        skips.examples.clear()
+        log.info("tokenizing %s into %s (vocab %d, %d workers)", corpus, final, vocab, workers)
 
         t1 = time.perf_counter()
         train, val = tmp / "train.bin", tmp / "val.bin"
         has_val = layout == "pile" and pile_files(corpus)[1] is not None
+        write = partial(write_tokens, tok, dtype=dtype, eot=eot, workers=workers)
+        wrote = write(_select(records("train"), cfg, weigh=True), train)
+        _check_sets(cfg, wrote.set_documents, corpus)
         if has_val:
-            n_train, d_train = _write_tokens(tok, iter_documents(corpus, "train"), train, dtype, eot)
-            n_val, d_val = _write_tokens(tok, iter_documents(corpus, "val"), val, dtype, eot, cfg.val_tokens)
+            wrote_val = write(_select(records("val"), cfg, weigh=False), val, limit=cfg.val_tokens)
+            n_train, n_val, d_train, d_val = wrote.tokens, wrote_val.tokens, wrote.documents, wrote_val.documents
         else:
-            docs = iter_documents(corpus, "train") if layout == "pile" else iter_text_documents(corpus)
-            _, d_all = _write_tokens(tok, docs, train, dtype, eot)
-            n_train, n_val, d_train, d_val = _hold_out_tail(train, val, dtype, eot, d_all, cfg.val_tokens, corpus)
+            wrote_val = None
+            n_train, n_val, d_train, d_val = _hold_out_tail(
+                train, val, dtype, eot, wrote.documents, cfg.val_tokens, corpus
+            )
         t_tokenize = time.perf_counter() - t1
         for f in (train, val):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+
+        def per_set(w):
+            return {name: {"documents": w.set_documents[name], "tokens": w.set_tokens[name]}
+                    for name in sorted(w.set_documents)}  # fmt: skip
 
         manifest = {
             "format": _FORMAT,
@@ -274,11 +299,15 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
             "tokenizer_sha256": hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest(),
             "vocab_size": vocab,
             "eot_id": eot,
-            "dtype": np.dtype(dtype).name,
+            "dtype": dtype,
             "tokens": {"train": n_train, "val": n_val},
             "documents": {"train": d_train, "val": d_val},
+            "sets": {"train": per_set(wrote), "val": per_set(wrote_val) if wrote_val else "held-out tail of train"},
+            "selection": {"subsets": cfg.subsets, "mixture": cfg.mixture},
+            "skipped": skips.to_dict(),
             "val_split": "val.jsonl.zst" if has_val else "held-out tail of the stream",
             "val_tokens": cfg.val_tokens,
+            "workers": workers,
             "seconds": {"tokenizer": round(t_tok, 3), "tokenize": round(t_tokenize, 3)},
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -287,11 +316,17 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if skips.counts:
+        log.warning("token cache %s: skipped %s (see its manifest.json)", final, dict(skips.counts))
     log.info("token cache %s: %d train, %d val tokens", final, n_train, n_val)
 
 
 def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
     """The token cache of cfg's corpus and tokenizer under data_root, built on first use and reused after."""
+    if cfg.source == "hg38":
+        from tasks.genome import prepare_genome
+
+        return prepare_genome(cfg, data_root)
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
     corpus = _corpus_path(cfg)
@@ -310,9 +345,9 @@ def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
         for p in sources
     ]
     tokenizer = f"file:{file_digest(tok_file)}" if tok_file else cfg.tokenizer
-    key = _sha256_json(
-        {"format": _FORMAT, "layout": layout, "files": files, "tokenizer": tokenizer, "val_tokens": cfg.val_tokens}
-    )
+    selection = {"subsets": cfg.subsets, "mixture": cfg.mixture, "on_bad_record": cfg.on_bad_record}
+    key = _sha256_json({"format": _FORMAT, "layout": layout, "files": files, "tokenizer": tokenizer,
+                        "val_tokens": cfg.val_tokens, **selection})  # fmt: skip
     final = data_root / f"tokens-{key[:16]}"
     cache = _load(final)
     if cache is None:

@@ -5,13 +5,13 @@ Every one ends documents with an end-of-text token, found by name in a user's fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tasks.corpus import DataError, iter_documents, iter_text_documents, write_atomic
+from tasks.corpus import DataError, write_atomic
 
 END_OF_TEXT = "<|endoftext|>"
 # GPT-2/NeoX use the first; Llama-style tokenizer.json files carry one of the others.
@@ -101,14 +101,12 @@ def user_tokenizer(path: Path) -> Tokenizer:
     return tok
 
 
-def load_tokenizer(
-    spec: str, corpus_dir: Path, cache_dir: Path, *, source: Literal["pile", "text"] = "pile"
-) -> Tokenizer:
+def load_tokenizer(spec: str, train_docs: Callable[[], Iterable[str]], cache_dir: Path) -> Tokenizer:
     """'bytes', 'bpe:<vocab>' or the path of a tokenizer.json, as a HF tokenizer with an end-of-text token.
 
-    'bpe:<vocab>' is trained on the first 128 M characters of the corpus's train documents (of a text folder:
-    all its documents, the held-out tail included) and saved as cache_dir/bpe-<vocab>.tokenizer.json, which
-    later calls load; cache_dir must therefore belong to one corpus.
+    'bpe:<vocab>' is trained on the first 128 M characters of `train_docs()` (of a text folder: all its
+    documents, the held-out tail included) and saved as cache_dir/bpe-<vocab>.tokenizer.json, which later
+    calls load; cache_dir must therefore belong to one selection of one corpus.
     """
     kind, vocab, path = parse_spec(spec)
     if kind == "bytes":
@@ -118,8 +116,7 @@ def load_tokenizer(
     saved = Path(cache_dir) / f"bpe-{vocab}.tokenizer.json"
     if saved.is_file():
         return Tokenizer.from_file(str(saved))
-    docs = iter_documents(corpus_dir, "train") if source == "pile" else iter_text_documents(corpus_dir)
-    tok = _train_bpe(docs, vocab)
+    tok = _train_bpe(train_docs(), vocab)
     saved.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(saved, tok.to_str().encode())
     return tok

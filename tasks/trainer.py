@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from kernels import implementations
 from models.registry import build_model, config_from_dict
 from tasks.data import TokenCache
-from tasks.loader import train_batch, val_batches
+from tasks.loader import read_intervals, train_batch, val_batches, val_windows, window_batch
 from tasks.plan import RunSpec
 from tasks.track import CurveLog, mlflow_client, send_metrics, tag_run
 
@@ -103,10 +103,13 @@ class Checkpoints:
 
 
 @torch.no_grad()
-def evaluate(engine, val, spec: RunSpec, autocast) -> float:
+def evaluate(engine, val, spec: RunSpec, autocast, spans=None) -> float:
+    """Mean validation loss; `spans`, the val stream's interval index where it has one, keeps windows inside them."""
     engine.eval()
     total, n = 0.0, 0
-    for x, y in val_batches(val, spec.seq_len, spec.micro_batch_size, spec.val_tokens):
+    batches = (val_batches(val, spec.seq_len, spec.micro_batch_size, spec.val_tokens) if spans is None else
+               val_windows(val, spans, spec.seq_len, spec.micro_batch_size, spec.val_tokens))  # fmt: skip
+    for x, y in batches:
         with autocast:
             logits = engine(x)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
@@ -166,6 +169,7 @@ def main(run_dir: Path) -> int:
 
     cache = TokenCache.open(Path(launch["cache_dir"]))
     train, val = cache.train_tokens(), cache.val_tokens()
+    train_spans, val_spans = read_intervals(cache.dir, "train"), read_intervals(cache.dir, "val")
     curve = CurveLog(run_dir / "curve", {k: getattr(spec, k) for k in
                      ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")})  # fmt: skip
     ckpts = Checkpoints(run_dir / "ckpt")
@@ -193,7 +197,10 @@ def main(run_dir: Path) -> int:
     train_loss = val_loss = float("nan")
     status, done, bad_streak = "completed", start, 0
     for step in range(start, spec.steps):
-        x, y = train_batch(train, step, rank, world, batch_per_rank, spec.seq_len, spec.seed)
+        if train_spans is None:
+            x, y = train_batch(train, step, rank, world, batch_per_rank, spec.seq_len, spec.seed)
+        else:
+            x, y = window_batch(train, train_spans, step, rank, world, batch_per_rank, spec.seq_len, spec.seed)
         x, y = x.to(device), y.to(device)
         losses = []
         for xm, ym in zip(x.split(spec.micro_batch_size), y.split(spec.micro_batch_size)):
@@ -213,7 +220,7 @@ def main(run_dir: Path) -> int:
             status = "diverged"
         last = done == spec.steps or status == "diverged"
         if done % spec.eval_interval == 0 or last:
-            val_loss = evaluate(engine, val, spec, autocast) if status == "completed" else float("nan")
+            val_loss = evaluate(engine, val, spec, autocast, val_spans) if status == "completed" else float("nan")
         if rank == 0 and (done % spec.log_interval == 0 or last or done % spec.eval_interval == 0):
             now = time.time()
             curve.append(

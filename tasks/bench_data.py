@@ -1,0 +1,202 @@
+"""Data pipeline figures: `python -m tasks.bench_data [--tokenizer bpe:4096 --memory-corpus-mb 1024 ...]`.
+
+1. Tokenization throughput: the train shards of the sample corpus (the Python standard library
+   in Pile format) written to a token file by `tasks.encode.write_tokens`, reading, parsing and
+   writing included, with one process (the tokenizer on one thread) and with a worker per core:
+   tokens/s of each, and the ratio.
+2. Loader wait: for every architecture at the largest `tiny` size, the time `train_batch` takes
+   to draw a step's batch against the time of the training step itself (forward, backward, AdamW
+   under bf16 autocast, as the trainer runs it, without DeepSpeed's bookkeeping, which would only
+   lengthen the step), as the share of the step spent waiting for data.
+3. Memory: a token cache built with `prepare_data` from a synthetic Pile corpus bigger than the
+   memory the build is given (RLIMIT_DATA, which counts every private writable mapping, on the
+   build process and each of its workers): the peak resident memory of the build and of its
+   largest worker, against the corpus size.
+
+Each measurement runs in its own subprocess, so none inherits another's memory or threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import DataConfig, load_sweep, resolve_sweep_path
+from tasks.corpus import build_sample_corpus, iter_records
+from tasks.layout import Layout
+
+
+def _run(*args: str, env: dict | None = None, limit_bytes: int | None = None) -> dict:
+    def limit():
+        if limit_bytes:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+
+    cmd = [sys.executable, "-m", "tasks.bench_data", "--worker", *args]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          preexec_fn=limit)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def _peaks() -> dict:
+    return {
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+# ---------------------------------------------------------------- 1. tokenization throughput
+
+
+def tokenize_worker(corpus: str, tokenizer: str, workers: int, out: str) -> dict:
+    from tasks.encode import write_tokens
+    from tasks.tokenizer import end_token_id
+
+    tok = _tokenizer(Path(corpus), tokenizer, Path(out).parent)
+    t0 = time.perf_counter()
+    wrote = write_tokens(tok, iter_records(Path(corpus), "train"), Path(out), "uint16", end_token_id(tok), workers)
+    return {"tokens": wrote.tokens, "seconds": time.perf_counter() - t0}
+
+
+def _tokenizer(corpus: Path, spec: str, cache: Path):
+    from tasks.corpus import iter_documents
+    from tasks.tokenizer import load_tokenizer
+
+    return load_tokenizer(spec, lambda: iter_documents(corpus, "train"), cache)
+
+
+def tokenization(corpus: Path, tokenizer: str, workers: int, tmp: Path) -> None:
+    _tokenizer(corpus, tokenizer, tmp)  # trained once, outside the timings
+    single = _run("tokenize", str(corpus), tokenizer, "1", str(tmp / "one.bin"), env={"TOKENIZERS_PARALLELISM": "false"})
+    parallel = _run("tokenize", str(corpus), tokenizer, str(workers), str(tmp / "many.bin"))
+    if (tmp / "one.bin").read_bytes() != (tmp / "many.bin").read_bytes():
+        raise SystemExit("the parallel build wrote different tokens from the single-process one")
+    print(f"1. tokenization, {tokenizer}, {single['tokens']:,} tokens of the sample corpus's train shards")
+    for name, r in (("1 process", single), (f"{workers} workers", parallel)):
+        print(f"   {name:12} {r['tokens'] / r['seconds']:12,.0f} tokens/s  ({r['seconds']:.1f} s)")
+    print(f"   ratio x{single['seconds'] / parallel['seconds']:.2f} (identical token files)")
+
+
+# ---------------------------------------------------------------- 2. loader wait
+
+
+def loader_worker(arch: str, size: str, threads: int, steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from models.registry import build_model, model_config
+    from tasks.data import prepare_data
+    from tasks.loader import train_batch
+
+    torch.set_num_threads(threads)
+    cfg = load_sweep(resolve_sweep_path("sample"), {"architectures": [arch], "sizes": [size]})
+    cache = prepare_data(cfg.data, Layout.at(None).data)
+    size_cfg = next(s for s in cfg.size_ladder() if s.name == size)
+    model = build_model(model_config(arch, size_cfg.model_dump(), cache.vocab_size, cfg.data.seq_len))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens, batch = cache.train_tokens(), cfg.train.batch_tokens // cfg.data.seq_len
+    data_s = step_s = 0.0
+    for step in range(steps + 2):
+        t0 = time.perf_counter()
+        x, y = train_batch(tokens, step, 0, 1, batch, cfg.data.seq_len, seed=0)
+        t1 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= 2:  # the first steps pay one-time set-up
+            data_s += t1 - t0
+            step_s += time.perf_counter() - t1
+    return {"data_ms": 1e3 * data_s / steps, "step_ms": 1e3 * step_s / steps, "batch": [batch, cfg.data.seq_len]}
+
+
+def loader_wait(archs: list[str], size: str, threads: int) -> None:
+    print(f"2. loader wait at size {size}, {threads} threads (batch from the sample sweep)")
+    for arch in archs:
+        r = _run("loader", arch, size, str(threads), "8")
+        share = r["data_ms"] / (r["data_ms"] + r["step_ms"])
+        print(f"   {arch:14} batch {r['data_ms']:6.2f} ms  step {r['step_ms']:8.1f} ms  wait {share:6.2%}")
+
+
+# ---------------------------------------------------------------- 3. memory of a cache build
+
+
+def synthetic_pile(root: Path, megabytes: int, shards: int = 4) -> int:
+    """Pile-layout shards of random-word documents, `megabytes` of text in all; returns the bytes."""
+    import zstandard
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = np.array(["".join(rng.choice(list("etaoinshrdlucmfw"), n)) for n in rng.integers(2, 9, 4096)])
+    total, per_shard = 0, megabytes * 2**20 // shards
+    cctx = zstandard.ZstdCompressor(level=1, threads=-1)
+    for i, name in enumerate([*(f"{k:02d}" for k in range(shards)), "val"]):
+        with open(root / f"{name}.jsonl.zst", "wb") as fh, cctx.stream_writer(fh) as out:
+            written = 0
+            while written < (per_shard if name != "val" else 2**20):
+                text = " ".join(words[rng.integers(0, len(words), 2000)])
+                line = json.dumps({"text": text, "meta": {"pile_set_name": f"set{i % 2}"}}).encode() + b"\n"
+                out.write(line)
+                written += len(line)
+            total += written
+    return total
+
+
+def memory_worker(corpus: str, data_root: str) -> dict:
+    from tasks.data import prepare_data
+
+    t0 = time.perf_counter()
+    cache = prepare_data(DataConfig(source="pile", path=corpus, tokenizer="bytes", val_tokens=65536), Path(data_root))
+    return {"tokens": cache.n_train, "seconds": time.perf_counter() - t0, **_peaks()}
+
+
+def memory(megabytes: int, limit_mb: int, tmp: Path) -> None:
+    corpus_bytes = synthetic_pile(tmp / "pile", megabytes)
+    r = _run("memory", str(tmp / "pile"), str(tmp / "data"), limit_bytes=limit_mb * 2**20)
+    print(f"3. cache build over {corpus_bytes / 2**20:,.0f} MiB of text ({r['tokens']:,} tokens, bytes tokenizer) "
+          f"with {limit_mb} MiB of data memory per process (RLIMIT_DATA): {r['seconds']:.0f} s")  # fmt: skip
+    print(f"   peak resident: build {r['peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")
+
+
+def main() -> None:
+    from models.registry import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", default="bpe:4096")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--size", default="t5")
+    parser.add_argument("--memory-corpus-mb", type=int, default=1024)
+    parser.add_argument("--memory-limit-mb", type=int, default=512)
+    parser.add_argument("--only", choices=["tokenize", "loader", "memory"])
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        fn = {"tokenize": tokenize_worker, "loader": loader_worker, "memory": memory_worker}[kind]
+        typed = [int(a) if a.isdigit() else a for a in rest]
+        print(json.dumps(fn(*typed)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "tokenize"):
+            corpus = build_sample_corpus(Layout.at(None).data / "sample-corpus", DataConfig().sample_bytes)
+            tokenization(corpus, args.tokenizer, args.workers, Path(tmp))
+        if args.only in (None, "loader"):
+            loader_wait(list(ARCHITECTURES), args.size, args.workers)
+        if args.only in (None, "memory"):
+            memory(args.memory_corpus_mb, args.memory_limit_mb, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
