@@ -2,14 +2,13 @@
 
     scaling plan CONFIG [--set key=value ...]          the grid and its cost; no compute
     scaling run CONFIG [--output DIR] [--set k=v ...]   the scaling-sweep flow, locally
-    scaling fit RUNS.parquet [--out FITS.json]          refit recorded runs, no training
+    scaling fit RUNS.parquet|.csv [--out FITS.json]     refit recorded runs, no training (scaling fit -h)
     scaling report SWEEP_DIR                            re-render a sweep's report, no training
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -58,13 +57,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from tasks.fit import fit_file
+    from reports.summary import summary_lines
+    from tasks.config import fit_config
+    from tasks.fit import fit_file, load_runs
 
     runs = Path(args.runs)
     out = Path(args.out) if args.out else runs.with_name("fits.json")
-    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else [1e18, 1e19, 1e20, 1e21]
-    fits = fit_file(runs, out, budgets, args.starts)
-    print(json.dumps(fits, indent=1, default=str)[:4000])
+    # Only the flags given: FitConfig's defaults (and its messages, naming the field) for the rest.
+    flags = {"budgets": args.budgets.split(",") if args.budgets else None, "starts": args.starts,
+             "bootstrap": args.bootstrap, "seed": args.seed, "held_out": args.held_out,
+             "reference_arch": args.reference,
+             "outliers": None if args.drop_highest is None else {"drop_highest": args.drop_highest}}  # fmt: skip
+    config = fit_config({k: v for k, v in flags.items() if v is not None}, "scaling fit")
+    fits = fit_file(runs, out, config)
+    print("\n".join(f"- {line}" for line in summary_lines(load_runs(runs), fits)))
     print(f"\nfits: {out}")
     return 0
 
@@ -91,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", help="runs.parquet (or .csv) with n_params, tokens, val_loss")
     p.add_argument("--out", help="where to write fits.json (default: beside the runs table)")
     p.add_argument("--budgets", help="comma-separated FLOP budgets for predictions, e.g. 1e19,1e20")
-    p.add_argument("--starts", type=int, default=64, help="L-BFGS starting points for L(N, D)")
+    p.add_argument("--starts", help="L-BFGS starts for L(N, D): 'full' (Chinchilla's 4500, the default) or fewer")
+    p.add_argument("--bootstrap", help="resamples behind each 95%% interval (default 200; 0: no intervals)")
+    p.add_argument("--seed", help="seed of the bootstrap (default 0)")
+    p.add_argument("--drop-highest", metavar="K", help="per architecture, leave out the K runs with the highest loss")
+    p.add_argument("--no-held-out", dest="held_out", action="store_const", const=False,
+                   help="skip the refit without the largest compute scale")  # fmt: skip
+    p.add_argument("--reference", help="architecture the compute multipliers are against (default transformer++)")
     p = sub.add_parser("report")
     p.add_argument("sweep_dir", help="a sweep's folder, e.g. outputs/sweeps/sample")
     p.add_argument("--title")

@@ -18,6 +18,8 @@ from markupsafe import Markup, escape
 
 from reports import figures
 from reports.summary import (
+    allocation_table,
+    checks_table,
     excluded_table,
     markdown_table,
     parametric_table,
@@ -63,7 +65,8 @@ def render_report(
         "title": title,
         "summary": summary_lines(runs, fits),
         "figures": rendered,
-        "fit_tables": [power_law_table(fits), parametric_table(fits), predictions_table(fits)],
+        "fit_tables": [power_law_table(fits), parametric_table(fits), predictions_table(fits), allocation_table(fits),
+                       checks_table(fits)],
         "runs_table": runs_table(runs),
         "excluded_table": excluded_table(fits),
         "source": fits.get("source"),

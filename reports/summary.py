@@ -157,10 +157,59 @@ def predictions_table(fits: dict) -> Table:
         for pred in fit.get("predictions", []):
             rows.append([arch, fmt(pred["flops"]), fmt_interval(pred["n_opt"]), fmt_interval(pred["d_opt"]),
                          fmt_interval(pred["tokens_per_param"]), fmt_interval(pred["loss"], 4),
-                         fmt(frontier_loss.get(pred["flops"]), 4)])
+                         fmt_interval(frontier_loss.get(pred["flops"]), 4)])
     return Table("Compute-optimal predictions at the budgets (C = 6ND)",
                  ["arch", "budget (FLOPs)", "N_opt", "D_opt", "tokens / parameter", "loss, L(N, D)",
                   "loss, frontier power law"], rows)
+
+
+def allocation_table(fits: dict) -> Table:
+    """N_opt = G * C^a by each Chinchilla approach side by side, with the optimum at the first budget."""
+    budget = (fits.get("budgets") or [None])[0]
+    rows = []
+    for kind, label in (("approach1", "1: frontier"), ("approach2", "2: IsoFLOP"), ("parametric", "3: L(N, D)")):
+        for arch, fit in fits.get(kind, {}).items():
+            if fit["status"] != "ok":
+                rows.append([arch, label, *[MISSING] * 5, f"skipped: {fit['reason']}"])
+                continue
+            e = fit["exponents"]
+            first = fit["predictions"][0] if fit["predictions"] else {}
+            rows.append([arch, label, fmt_interval(e["a"]), fmt_interval(e["b"]), fmt_interval(e["G"]),
+                         fmt_interval(first.get("n_opt")), fmt_interval(first.get("tokens_per_param")), ""])
+    return Table(f"Compute-optimal allocation N_opt = G · C^a, D_opt = C / (6 N_opt) (N_opt at {fmt(budget)} FLOPs)",
+                 ["arch", "approach", "a", "b", "G", "N_opt", "tokens / parameter", "notes"], sorted(rows))
+
+
+def checks_table(fits: dict) -> Table:
+    """The largest compute scale held out and predicted; the learning-rate optimum's power law."""
+    rows = []
+    for arch, held in fits.get("held_out", {}).items():
+        if held["status"] != "ok":
+            rows.append([arch, "held-out prediction", MISSING, f"skipped: {held['reason']}"])
+            continue
+        par, power = held["parametric"], held["power_law"]
+        par_text = (f"mean |relative error| {fmt_interval(par['mean_abs_relative_error'])} over {len(par['points'])} "
+                    f"point(s), fit {par['convergence']}" if par["status"] == "ok" else f"skipped: {par['reason']}")
+        power_text = (f"relative error {fmt_interval(power['relative_error'])}" if power["status"] == "ok"
+                      else f"skipped: {power['reason']}")
+        rows.append([arch, "held-out, L(N, D)", fmt(held["flops"]), par_text])
+        rows.append([arch, "held-out, loss vs compute", fmt(held["flops"]), power_text])
+    for arch, lr in fits.get("learning_rate", {}).items():
+        law = lr.get("power_law", lr)
+        text = (f"k = {fmt_interval(law['k'])}, p = {fmt_interval(law['p'])} over {law['n_points']} optima"
+                if law.get("status") == "ok" else f"skipped: {law['reason']}")
+        rows.append([arch, "lr_opt = k · N^-p", MISSING, text])
+    multipliers = fits.get("compute_multiplier") or {"archs": {}}
+    for arch, entry in multipliers["archs"].items():
+        what = f"compute multiplier vs {multipliers['reference']}"
+        if entry["status"] != "ok":
+            rows.append([arch, what, MISSING, f"skipped: {entry['reason']}"])
+            continue
+        for at in entry["at"]:
+            rows.append([arch, what, fmt(at["flops"]),
+                         f"{fmt_interval(at['multiplier'])} at loss {fmt(at['loss'], 4)}"
+                         + (" (extrapolated)" if at["extrapolated"] else " (largest compute run by both)")])
+    return Table("Checks and comparisons (95% bootstrap intervals)", ["arch", "what", "FLOPs", "result"], rows)
 
 
 def excluded_table(fits: dict) -> Table:

@@ -170,11 +170,39 @@ class TrainConfig(_Strict):
     log_interval: PositiveInt = 5
 
 
+class OutlierConfig(_Strict):
+    drop_highest: Annotated[int, Field(ge=0)] = 0
+    """Per architecture, leave out the k completed runs with the highest val_loss (listed in fits.json)."""
+
+
 class FitConfig(_Strict):
-    budgets: list[PositiveFloat] = [1e18, 1e19, 1e20, 1e21]
-    """Compute budgets (FLOPs) at which the report predicts loss and the optimal N and D."""
-    starts: PositiveInt = 64
-    """Starting points of the L-BFGS search for L(N, D)."""
+    budgets: list[PositiveFloat] = Field(default=[1e18, 1e19, 1e20, 1e21], min_length=1)
+    """Compute budgets (FLOPs) at which the fits predict N_opt, D_opt, tokens per parameter and loss."""
+    starts: PositiveInt | Literal["full"] = "full"
+    """L-BFGS starting points for L(N, D): 'full' (= 4500) is Chinchilla's grid; fewer are drawn from it."""
+    bootstrap: Annotated[int, Field(ge=0)] = 200
+    """Bootstrap resamples behind every 95% interval; 0 for no intervals."""
+    seed: int = 0
+    """Seed of the bootstrap's draws: the same table, options and seed give the same fits.json."""
+    outliers: OutlierConfig = OutlierConfig()
+    held_out: bool = True
+    """Refit without the largest compute scale and report how well the laws predict it."""
+    reference_arch: str | None = None
+    """Architecture the compute multipliers are against (default: transformer++ if present, else the first)."""
+
+    @field_validator("starts")
+    @classmethod
+    def _within_grid(cls, v):
+        if isinstance(v, int) and v > 4500:
+            raise ValueError("Chinchilla's start grid has 4500 points; give at most 4500, or 'full'")
+        return v
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _enough_resamples(cls, v):
+        if 0 < v < 20:
+            raise ValueError("a 95% interval needs at least 20 resamples (200 or more is usual); 0 turns intervals off")
+        return v
 
 
 class SweepConfig(_Strict):
@@ -218,6 +246,10 @@ class SweepConfig(_Strict):
             for s in self.size_ladder():
                 if s.lr is None:
                     raise ValueError(f"lr.scale needs a reference lr on every size; size {s.name!r} has none")
+        ref = self.fit.reference_arch
+        if ref is not None and ref not in self.architectures:
+            archs = ", ".join(self.architectures)
+            raise ValueError(f"fit.reference_arch {ref!r} is not one of the sweep's architectures ({archs})")
         if self.tokens.counts is None and self.tokens.per_param is None:
             raise ValueError("tokens: give per_param (with multipliers) or counts")
         seqs = self.train.batch_tokens / self.data.seq_len
@@ -300,6 +332,14 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     except ValidationError as e:
         raise ConfigError(_format_error(e, str(path))) from None
     return cfg
+
+
+def fit_config(fields: dict[str, Any], source: str = "fit options") -> FitConfig:
+    """FitConfig from loose fields (the `scaling fit` flags); ConfigError naming the field on bad input."""
+    try:
+        return FitConfig(**fields)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source).replace("invalid sweep", "invalid")) from None
 
 
 def sweep_from_dict(raw: dict, source: str = "sweep") -> SweepConfig:

@@ -18,6 +18,7 @@ from prefect.logging import get_run_logger
 
 from tasks import collect, data, fit, plan, track, train
 from tasks.config import SweepConfig, load_sweep, resolve_sweep_path
+from tasks.fit.scalars import fit_scalars
 from tasks.layout import Layout
 
 
@@ -79,7 +80,7 @@ def collect_tables(p: plan.Plan, layout: Layout) -> tuple[Path, Path]:
 @task(cache_policy=NO_CACHE)
 def fit_laws(runs_path: Path, cfg: SweepConfig) -> Path:
     out = runs_path.parent / "fits.json"
-    fit.fit_file(runs_path, out, cfg.fit.budgets, cfg.fit.starts)
+    fit.fit_file(runs_path, out, cfg.fit)
     return out
 
 
@@ -92,13 +93,15 @@ def render_report(sweep_dir: Path, title: str) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def publish(report: dict, tracking: Tracking, sweep_dir: Path, sweep_file: Path) -> None:
-    """The report, figures, fits, tables and sweep file to the MLflow parent run; the summary to Prefect."""
+    """The report, figures, fits (file, parameters, metrics), tables and sweep file to the MLflow parent run;
+    the summary to Prefect."""
     client = track.mlflow_client(tracking.uri)
     run = tracking.parent_run_id
     client.log_artifacts(run, str(sweep_dir / "report"), "report")
     for name in ("fits.json", "runs.parquet", "curves.parquet"):
         client.log_artifact(run, str(sweep_dir / name))
     client.log_artifact(run, str(sweep_file))
+    track.log_fit(client, run, *fit_scalars(json.loads((sweep_dir / "fits.json").read_text())))
     client.set_terminated(run, "FINISHED")
     create_markdown_artifact(report["summary"], key=_artifact_key(sweep_dir.name), description="Sweep summary")
     create_table_artifact(report["table"], key=_artifact_key(sweep_dir.name) + "-runs", description="Runs")

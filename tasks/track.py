@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -128,6 +129,20 @@ def tag_run(client, mlflow_run_id: str, tags: dict) -> None:
         client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     except Exception as e:
         log.warning("MLflow tagging failed (%s)", e)
+
+
+def log_fit(client, mlflow_run_id: str, params: dict[str, str], metrics: dict[str, float]) -> None:
+    """The fits' options and numbers (tasks.fit.scalars) on the sweep's parent run, in batches (MLflow takes
+    at most 100 parameters and 1000 metrics a call)."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    params_list = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(params_list), 100):
+        client.log_batch(mlflow_run_id, params=params_list[i : i + 100])
+    metric_list = [Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)]
+    for i in range(0, len(metric_list), 1000):
+        client.log_batch(mlflow_run_id, metrics=metric_list[i : i + 1000])
 
 
 def child_params(spec) -> dict:

@@ -57,6 +57,7 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     assert len(hist) == len({m.step for m in hist}) > 1
     parent_files = {f.path for f in client.list_artifacts(parents[0].info.run_id)}
     assert {"report", "fits.json", "runs.parquet"} <= parent_files
+    assert parents[0].data.metrics["fit.n_used"] == 4 and parents[0].data.params["fit.starts"] == "8"
 
     # Re-running the same sweep trains nothing; adding a learning rate trains only the new points.
     # This one blows up: its points are marked diverged, the sweep goes on, the fit leaves them out.

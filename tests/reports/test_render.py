@@ -8,18 +8,20 @@ import pytest
 
 from reports.render import render_report
 from reports.summary import fmt, summary_markdown
+from tasks.config import FitConfig
 from tasks.fit import fit_runs
 
 BUDGETS = [1e18, 1e19]
+FIT = FitConfig(budgets=BUDGETS, starts=16, bootstrap=50)
 
 
 def synthetic_sweep(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two archs x 3 sizes x 2 tokens-per-parameter ratios, one diverged and one failed run; curves every step."""
+    """Two archs x 3 sizes x 3 tokens-per-parameter ratios, one diverged and one failed run; curves every step."""
     rng = np.random.default_rng(seed)
     runs, curves = [], []
     for arch, offset in (("mamba", 0.0), ("transformer++", 0.1)):
         for size, n in (("t1", 1e6), ("t2", 4e6), ("t3", 1.6e7)):
-            for ratio in (10, 40):
+            for ratio in (10, 20, 40):
                 d = n * ratio
                 loss = (1.8 + offset + 400 / n**0.34 + 400 / d**0.3) * np.exp(3e-3 * rng.standard_normal())
                 run_id = f"{arch}-{size}-{ratio}"
@@ -49,7 +51,7 @@ def synthetic_sweep(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def sweep():
     runs, curves = synthetic_sweep()
-    return runs, curves, fit_runs(runs, BUDGETS, starts=16)
+    return runs, curves, fit_runs(runs, FIT)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def test_markdown_runs_table_has_one_line_per_run(sweep, report):
 
 def test_report_states_summary_fits_and_exclusions(sweep, report):
     md = report["md"].read_text()
-    assert "12 runs: 10 completed, 1 diverged, 1 failed." in md
+    assert "18 runs: 16 completed, 1 diverged, 1 failed." in md
     excluded = markdown_section(md, "### Runs left out of the fits")[2:]
     assert len(excluded) == 2 and any("status diverged" in row for row in excluded)
     for arch in ("mamba", "transformer++"):
@@ -106,9 +108,9 @@ def test_rerendering_gives_identical_documents(sweep, report, tmp_path):
 
 def test_report_renders_when_every_fit_is_skipped(tmp_path):
     runs, curves = synthetic_sweep()
-    runs = runs[runs["size"] == "t1"]
+    runs = runs[(runs["size"] == "t1") & (runs["tokens"] != 20 * runs["n_params"])]
     curves = curves[curves["run_id"].isin(runs["run_id"])]
-    fits = fit_runs(runs, BUDGETS)
+    fits = fit_runs(runs, FIT)
 
     out = render_report(runs, curves, fits, tmp_path, "Tiny sweep")
 
@@ -128,7 +130,7 @@ def test_report_renders_without_fits(tmp_path):
 def test_summary_markdown_is_the_summary_and_runs_table(sweep):
     runs, _, fits = sweep
     text = summary_markdown(runs, fits)
-    assert text.startswith("- 12 runs: 10 completed, 1 diverged, 1 failed.")
+    assert text.startswith("- 18 runs: 16 completed, 1 diverged, 1 failed.")
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(runs)
 
