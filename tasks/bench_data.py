@@ -1,7 +1,7 @@
 """Data pipeline figures: `python -m tasks.bench_data [--tokenizer bpe:4096 --memory-corpus-mb 1024 ...]`.
 
-1. Tokenization throughput: the train shards of the sample corpus (the Python standard library
-   in Pile format) written to a token file by `tasks.encode.write_tokens`, reading, parsing and
+1. Tokenization throughput: the train shards of a sample corpus (the whole Python standard
+   library in Pile format, ~30 MB) written to a token file by `tasks.encode.write_tokens`, reading, parsing and
    writing included, with one process (the tokenizer on one thread) and with a worker per core:
    tokens/s of each, and the ratio.
 2. Loader wait: for every architecture at the largest `tiny` size, the time `train_batch` takes
@@ -10,8 +10,8 @@
    lengthen the step), as the share of the step spent waiting for data.
 3. Memory: a token cache built with `prepare_data` from a synthetic Pile corpus bigger than the
    memory the build is given (RLIMIT_DATA, which counts every private writable mapping, on the
-   build process and each of its workers): the peak resident memory of the build and of its
-   largest worker, against the corpus size.
+   build process and each of its workers): the peak resident memory of the build process and of
+   its largest worker (polled from /proc), against the corpus size.
 
 Each measurement runs in its own subprocess, so none inherits another's memory or threads.
 """
@@ -25,14 +25,11 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
-from tasks.config import DataConfig, load_sweep, resolve_sweep_path
-from tasks.corpus import build_sample_corpus, iter_records
-from tasks.layout import Layout
+# The tokenizing workers are spawned and import this module first: nothing heavy at its top.
 
 
 def _run(*args: str, env: dict | None = None, limit_bytes: int | None = None) -> dict:
@@ -48,17 +45,38 @@ def _run(*args: str, env: dict | None = None, limit_bytes: int | None = None) ->
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def _peaks() -> dict:
-    return {
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
+class ChildPeaks:
+    """The largest peak resident set (VmHWM) among this process's children, polled from /proc while
+    they live: getrusage's figure for children counts a spawned child's moment as a fork of this
+    process, before it execs, so it reports this process's size instead."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.peak_kib, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, every_s: float) -> None:
+        me = str(os.getpid())
+        while not self._stop.wait(every_s):
+            for status in Path("/proc").glob("[0-9]*/status"):
+                try:
+                    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                except OSError:
+                    continue
+                if fields.get("PPid", "").strip() == me and "VmHWM" in fields:
+                    self.peak_kib = max(self.peak_kib, int(fields["VmHWM"].split()[0]))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib / 1024
 
 
 # ---------------------------------------------------------------- 1. tokenization throughput
 
 
 def tokenize_worker(corpus: str, tokenizer: str, workers: int, out: str) -> dict:
+    from tasks.corpus import iter_records
     from tasks.encode import write_tokens
     from tasks.tokenizer import end_token_id
 
@@ -81,7 +99,7 @@ def tokenization(corpus: Path, tokenizer: str, workers: int, tmp: Path) -> None:
     parallel = _run("tokenize", str(corpus), tokenizer, str(workers), str(tmp / "many.bin"))
     if (tmp / "one.bin").read_bytes() != (tmp / "many.bin").read_bytes():
         raise SystemExit("the parallel build wrote different tokens from the single-process one")
-    print(f"1. tokenization, {tokenizer}, {single['tokens']:,} tokens of the sample corpus's train shards")
+    print(f"1. tokenization, {tokenizer}, {single['tokens']:,} tokens of a sample corpus's train shards")
     for name, r in (("1 process", single), (f"{workers} workers", parallel)):
         print(f"   {name:12} {r['tokens'] / r['seconds']:12,.0f} tokens/s  ({r['seconds']:.1f} s)")
     print(f"   ratio x{single['seconds'] / parallel['seconds']:.2f} (identical token files)")
@@ -95,7 +113,9 @@ def loader_worker(arch: str, size: str, threads: int, steps: int) -> dict:
     import torch.nn.functional as F
 
     from models.registry import build_model, model_config
+    from tasks.config import load_sweep, resolve_sweep_path
     from tasks.data import prepare_data
+    from tasks.layout import Layout
     from tasks.loader import train_batch
 
     torch.set_num_threads(threads)
@@ -134,6 +154,7 @@ def loader_wait(archs: list[str], size: str, threads: int) -> None:
 
 def synthetic_pile(root: Path, megabytes: int, shards: int = 4) -> int:
     """Pile-layout shards of random-word documents, `megabytes` of text in all; returns the bytes."""
+    import numpy as np
     import zstandard
 
     root.mkdir(parents=True, exist_ok=True)
@@ -154,16 +175,21 @@ def synthetic_pile(root: Path, megabytes: int, shards: int = 4) -> int:
 
 
 def memory_worker(corpus: str, data_root: str) -> dict:
+    from tasks.config import DataConfig
     from tasks.data import prepare_data
 
-    t0 = time.perf_counter()
-    cache = prepare_data(DataConfig(source="pile", path=corpus, tokenizer="bytes", val_tokens=65536), Path(data_root))
-    return {"tokens": cache.n_train, "seconds": time.perf_counter() - t0, **_peaks()}
+    children, t0 = ChildPeaks(), time.perf_counter()
+    cfg = DataConfig(source="pile", path=corpus, tokenizer="bytes", val_tokens=65536, workers=os.cpu_count())
+    cache = prepare_data(cfg, Path(data_root))
+    return {"tokens": cache.n_train, "seconds": time.perf_counter() - t0, "worker_peak_mib": children.stop(),
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
 
 def memory(megabytes: int, limit_mb: int, tmp: Path) -> None:
     corpus_bytes = synthetic_pile(tmp / "pile", megabytes)
-    r = _run("memory", str(tmp / "pile"), str(tmp / "data"), limit_bytes=limit_mb * 2**20)
+    # One OpenBLAS thread: its per-thread buffers would otherwise take most of a small limit.
+    r = _run("memory", str(tmp / "pile"), str(tmp / "data"), env={"OPENBLAS_NUM_THREADS": "1"},
+             limit_bytes=limit_mb * 2**20)  # fmt: skip
     print(f"3. cache build over {corpus_bytes / 2**20:,.0f} MiB of text ({r['tokens']:,} tokens, bytes tokenizer) "
           f"with {limit_mb} MiB of data memory per process (RLIMIT_DATA): {r['seconds']:.0f} s")  # fmt: skip
     print(f"   peak resident: build {r['peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")
@@ -171,13 +197,15 @@ def memory(megabytes: int, limit_mb: int, tmp: Path) -> None:
 
 def main() -> None:
     from models.registry import ARCHITECTURES
+    from tasks.corpus import build_sample_corpus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", default="bpe:4096")
+    parser.add_argument("--sample-mb", type=int, default=32, help="sample corpus size (32: the whole stdlib)")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--size", default="t5")
-    parser.add_argument("--memory-corpus-mb", type=int, default=1024)
-    parser.add_argument("--memory-limit-mb", type=int, default=512)
+    parser.add_argument("--memory-corpus-mb", type=int, default=512)
+    parser.add_argument("--memory-limit-mb", type=int, default=256)
     parser.add_argument("--only", choices=["tokenize", "loader", "memory"])
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,7 +218,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "tokenize"):
-            corpus = build_sample_corpus(Layout.at(None).data / "sample-corpus", DataConfig().sample_bytes)
+            corpus = build_sample_corpus(Path(tmp) / "sample", args.sample_mb * 2**20)
             tokenization(corpus, args.tokenizer, args.workers, Path(tmp))
         if args.only in (None, "loader"):
             loader_wait(list(ARCHITECTURES), args.size, args.workers)

@@ -59,7 +59,7 @@ class DataConfig(_Strict):
     the file and line, or skip it and count it by cause in the token cache's manifest. hg38: a BED interval
     outside its contig or on a contig the FASTA lacks (BED syntax errors always stop)."""
     workers: PositiveInt | None = None
-    """Tokenizing processes (default: the machine's cores)."""
+    """Tokenizing processes (default: the machine's cores, or one for a corpus under 32 MiB)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -69,6 +69,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FORMAT = 2
+PARALLEL_BYTES = 32 << 20
+"""Source bytes below which one process tokenizes (unless data.workers says otherwise): starting a
+worker (a fresh interpreter importing the project) costs seconds, a small corpus takes no more."""
 _COPY_TOKENS = 1 << 22
 
 
@@ -261,7 +264,8 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
         eot = end_token_id(tok, cfg.tokenizer)
         vocab = tok.get_vocab_size(with_added_tokens=True)
         dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32).name
-        workers = cfg.workers or os.cpu_count() or 1
+        big = sum(f["size"] for f in files) >= PARALLEL_BYTES
+        workers = cfg.workers or ((os.cpu_count() or 1) if big else 1)
         skips.counts.clear()  # the tokenizer's pass read the same records: count them once, below
         skips.examples.clear()
         log.info("tokenizing %s into %s (vocab %d, %d workers)", corpus, final, vocab, workers)

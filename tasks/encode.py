@@ -7,8 +7,10 @@ written in the order they were read: the same file for any number of workers. At
 each), whatever the corpus size.
 
 Workers are spawned, not forked: a forked copy of a process whose tokenizer already ran its
-thread pool can deadlock (HF tokenizers then disables its parallelism, with a warning), and
-each worker keeps its tokenizer to one thread, so N workers use N cores.
+thread pool can deadlock (HF tokenizers then disables its parallelism, with a warning). A
+spawned worker imports the caller's main module before it starts, which is cheap for the
+`scaling` command (its module imports only the standard library at the top) and the Prefect
+engine. Each worker keeps its tokenizer to one thread, so N workers use N cores.
 """
 
 from __future__ import annotations

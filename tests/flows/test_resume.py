@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, scaling, tiny_sweep
@@ -66,6 +67,21 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_e
     assert len(children) == 1
     hist = client.get_metric_history(children[0].info.run_id, "train_loss")
     assert sorted(m.step for m in hist) == list(curves.step)
+
+    # Each checkpoint records the data position it holds for; a resume onto other data stops.
+    run_dir = next(out.glob("runs/*"))
+    ckpt = max(run_dir.glob("ckpt/step*/COMPLETE"), key=lambda p: int(p.parent.name[4:])).parent
+    states = ckpt / "mp_rank_00_model_states.pt"
+    state = torch.load(states, weights_only=False)
+    step = int(ckpt.name[4:])
+    assert state["data"] == {"cache_key": state["data"]["cache_key"], "loader": "random windows", "seed": 0,
+                             "next_step": step}  # fmt: skip
+    state["data"]["cache_key"] = "another corpus"
+    torch.save(state, states)
+    (run_dir / "status.json").unlink()
+    scaling("run", sweep, "--output", out, env=prefect_env, check=False)
+    assert f"{ckpt} was trained on other data" in (run_dir / "train.log").read_text()
+    assert list(pq.read_table(sweep_dir / "runs.parquet").to_pandas().status) == ["failed"]
 
     # The same point trained without interruption reaches the same losses: the data position,
     # optimizer, schedule and RNG state all came back from the checkpoint.
