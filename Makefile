@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of PyTorch; on a GPU machine: make sample TORCH=torch==2.13.0 --index-url ...
 TORCH ?= torch==2.13.0
 
-.PHONY: setup sample test test-slow
+.PHONY: setup browser sample test test-slow
 
 setup: $(VENV)/.installed
 
@@ -14,10 +14,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Chromium prints the report's PDF and opens the report in the tests. It is a system package, so it is
+# installed only when this runs as root with apt-get (as CI does); otherwise this says how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }; \
+	else \
+		echo "Chromium not found: the report's PDF and browser tests need it (sudo apt-get install -y chromium)"; \
+	fi
+
 sample: setup
 	$(VENV)/bin/scaling run deployments/sweeps/sample.yaml
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 test-slow: setup

@@ -3,7 +3,7 @@
     scaling plan CONFIG [--set key=value ...]          the grid and its cost; no compute
     scaling run CONFIG [--output DIR] [--set k=v ...]   the scaling-sweep flow, locally
     scaling fit RUNS.parquet|.csv [--out FITS.json]     refit recorded runs, no training (scaling fit -h)
-    scaling report SWEEP_DIR                            re-render a sweep's report, no training
+    scaling report SWEEP_DIR [SWEEP_DIR ...]            re-render a report (several sweeps: one report), no training
 """
 
 from __future__ import annotations
@@ -76,11 +76,14 @@ def cmd_fit(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from tasks.report import report_sweep
+    from tasks.report import report_sweeps
 
-    sweep_dir = Path(args.sweep_dir)
-    report = report_sweep(sweep_dir, args.title or sweep_dir.name)
+    report = report_sweeps([Path(d) for d in args.sweep_dirs], args.out, args.title, pdf=args.pdf)
     print(f"report: {report['html']}\nmarkdown: {report['md']}")
+    if report["pdf"]:
+        print(f"pdf: {report['pdf']}")
+    elif args.pdf:
+        print(f"warning: {report['pdf_error']}", file=sys.stderr)
     return 0
 
 
@@ -105,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the refit without the largest compute scale")  # fmt: skip
     p.add_argument("--reference", help="architecture the compute multipliers are against (default transformer++)")
     p = sub.add_parser("report")
-    p.add_argument("sweep_dir", help="a sweep's folder, e.g. outputs/sweeps/sample")
-    p.add_argument("--title")
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
+                   help="a sweep's folder, e.g. outputs/sweeps/sample; several share one report, on the same axes")
+    p.add_argument("--out", help="report folder (default: SWEEP_DIR/report; for several, OUTPUT/comparisons/A+B)")
+    p.add_argument("--title", help="the report's title (default: the sweep names)")
+    p.add_argument("--no-pdf", dest="pdf", action="store_false", help="skip the PDF (it needs Chromium)")
     args = ap.parse_args(argv)
 
     from tasks.config import ConfigError

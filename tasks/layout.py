@@ -2,7 +2,8 @@
 
     <output>/data/tokens-<key>/     token caches (shared by sweeps on the same data)
     <output>/runs/<run_id>/         one grid point: spec, checkpoints, curve parts, status, log
-    <output>/sweeps/<name>/         runs.parquet, curves.parquet, fits.json, report/
+    <output>/sweeps/<name>/         runs.parquet, curves.parquet, fits.json, sweep.yaml, report/
+    <output>/comparisons/<a>+<b>/   a report of several sweeps
     <output>/mlflow.db, mlartifacts/  the default MLflow tracking store
 """
 
@@ -12,13 +13,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+SWEEP_CONFIG = "sweep.yaml"  # in a sweep's folder: the sweep as it ran, overrides applied
+
 
 @dataclass(frozen=True)
 class Layout:
     output: Path
 
     @classmethod
-    def at(cls, output: str | Path | None) -> "Layout":
+    def at(cls, output: str | Path | None) -> Layout:
         """The given folder, else $SCALING_OUTPUT, else ./outputs."""
         return cls(Path(output or os.environ.get("SCALING_OUTPUT", "outputs")).expanduser().resolve())
 

@@ -109,6 +109,12 @@ def _fmt_count(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _fmt_lr(lr: float) -> str:
+    """1.5e-3, 3e-4: how papers write learning rates (the run names read mamba-350m-7B-lr1.5e-3)."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def measure_flops_per_s(threads: int) -> float:
     """Achieved bf16 matmul FLOP/s of one rank, from a ~0.3 s probe.
 
@@ -194,7 +200,7 @@ def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, 
     return RunSpec(
         sweep=cfg.name,
         run_id=_run_id(content),
-        name=f"{arch}-{size}-{_fmt_count(tokens)}tok-lr{lr:.3g}" + (f"-s{seed}" if len(cfg.seeds) > 1 else ""),
+        name=f"{arch}-{size}-{_fmt_count(tokens)}-lr{_fmt_lr(lr)}" + (f"-s{seed}" if len(cfg.seeds) > 1 else ""),
         arch=arch,
         size=size,
         model=mcfg.to_dict(),

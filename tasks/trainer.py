@@ -32,7 +32,8 @@ from models.registry import build_model, config_from_dict
 from tasks.data import TokenCache
 from tasks.loader import read_intervals, train_batch, val_batches, val_windows, window_batch
 from tasks.plan import RunSpec
-from tasks.track import CurveLog, mlflow_client, send_metrics, tag_run
+from tasks.track import CurveLog
+from tasks.track_mlflow import MetricSender
 
 DIVERGED_AFTER_SKIPS = 5
 
@@ -175,10 +176,13 @@ def main(run_dir: Path) -> int:
     curve = CurveLog(run_dir / "curve", {k: getattr(spec, k) for k in
                      ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")})  # fmt: skip
     ckpts = Checkpoints(run_dir / "ckpt")
-    client = mlflow_client(launch["mlflow_uri"]) if rank == 0 and launch.get("mlflow_run_id") else None
+    # MLflow from a background thread: a slow or dead tracking store never holds up a step.
+    sender = None
+    if rank == 0 and launch.get("mlflow_run_id"):
+        sender = MetricSender(launch["mlflow_uri"], launch["mlflow_run_id"])
     impls = implementations(torch.device(device).type)
-    if client:
-        tag_run(client, launch["mlflow_run_id"], {f"{op}_impl": impl for op, impl in impls.items()})
+    if sender:
+        sender.tag({f"{op}_impl": impl for op, impl in impls.items()})
 
     if rank == 0:
         paths = ", ".join(f"{op} {impl}" for op, impl in impls.items())
@@ -254,13 +258,13 @@ def main(run_dir: Path) -> int:
             rows = curve.flush() if rank == 0 else []
             ckpts.save(engine, done, {"step": done, "wall_s": wall_before + time.time() - t0,
                                       "rng": torch.get_rng_state(), "data": data_position(done)})  # fmt: skip
-            if client:
-                send_metrics(client, launch["mlflow_run_id"], rows)
+            if sender:
+                sender.send(rows)
 
     if rank == 0:
         rows = curve.flush()
-        if client:
-            send_metrics(client, launch["mlflow_run_id"], rows)
+        if sender:
+            sender.send(rows)
         write_status(
             run_dir,
             status=status,
@@ -270,6 +274,8 @@ def main(run_dir: Path) -> int:
             wall_s=wall_before + time.time() - t0,
         )
         print(f"{status}: step {done}, train_loss {train_loss:.4f}, val_loss {val_loss:.4f}", flush=True)
+        if sender:  # bounded: what is still queued is in Parquet, and the flow re-sends the whole curve
+            sender.close(timeout_s=10.0)
     torch.distributed.barrier()
     return 0
 

@@ -1,11 +1,17 @@
 """End to end through `scaling run`: real DeepSpeed, MLflow (SQLite), Parquet and Prefect."""
 
 import json
+import re
+import sqlite3
+from pathlib import Path
 
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
+from pypdf import PdfReader
 
 from models.registry import ARCHITECTURES
+from reports.figures import FIGURES
+from reports.pdf import find_chromium
 from tests.conftest import scaling, tiny_sweep
 
 
@@ -14,6 +20,12 @@ def child_runs(out, sweep):
     exp = client.get_experiment_by_name(sweep)
     runs = client.search_runs([exp.experiment_id])
     return client, [r for r in runs if "run_id" in r.data.tags], [r for r in runs if r.data.tags.get("kind") == "sweep"]
+
+
+def prefect_artifacts(prefect_env) -> list[tuple[str | None, str, str]]:
+    """(key, type, data) of every artifact the flow runs left in the temporary server's database."""
+    with sqlite3.connect(Path(prefect_env["PREFECT_HOME"]) / "prefect.db") as db:
+        return db.execute("SELECT key, type, data FROM artifact ORDER BY created").fetchall()
 
 
 def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
@@ -39,7 +51,11 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     fits = json.loads((sweep_dir / "fits.json").read_text())
     assert fits["n_runs"] == 4
     html = (sweep_dir / "report" / "report.html").read_text()
-    assert "<img" in html and (sweep_dir / "report" / "report.md").is_file()
+    assert html.count('<img src="data:image/png;base64,') == len(FIGURES)
+    assert (sweep_dir / "report" / "report.md").is_file()
+    assert (sweep_dir / "sweep.yaml").read_text().startswith("name: tiny\n")
+    if find_chromium():  # CI installs it (make browser); elsewhere the report says how to get the PDF
+        assert len(PdfReader(sweep_dir / "report" / "report.pdf").pages) >= len(FIGURES) + 2
 
     # fit and report re-run alone on the recorded results, with no training
     refit = tmp_path / "refit.json"
@@ -53,11 +69,25 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     client, children, parents = child_runs(out, "tiny")
     assert len(children) == 4 and len(parents) == 1
     assert {r.data.tags["status"] for r in children} == {"completed"}
+    assert all(re.fullmatch(r"transformer\+\+-t[12]-[\d.]+K-lr(3e-3|1e-2)", r.info.run_name) for r in children)
+    exp = children[0].info.experiment_id
+    found = client.search_runs([exp], "params.arch = 'transformer++' and tags.status = 'completed'")
+    assert sorted(r.info.run_id for r in found) == sorted(r.info.run_id for r in children)
     hist = client.get_metric_history(children[0].info.run_id, "train_loss")
     assert len(hist) == len({m.step for m in hist}) > 1
+    by_tokens = client.get_metric_history(children[0].info.run_id, "by_tokens/train_loss")
+    assert sorted(m.step for m in by_tokens) == sorted(
+        curves[curves.run_id == children[0].data.tags["run_id"]].tokens_seen
+    )
     parent_files = {f.path for f in client.list_artifacts(parents[0].info.run_id)}
-    assert {"report", "fits.json", "runs.parquet"} <= parent_files
+    assert {"report", "fits.json", "runs.parquet", "sweep.yaml", "tiny.yaml"} <= parent_files
+    assert "report/report.html" in {f.path for f in client.list_artifacts(parents[0].info.run_id, "report")}
     assert parents[0].data.metrics["fit.n_used"] == 4 and parents[0].data.params["fit.starts"] == "8"
+    assert parents[0].data.tags["mlflow.note.content"].startswith("- 4 runs: 4 completed")
+    # Prefect: progress while the grid trained, then the summary and the runs table
+    artifacts = prefect_artifacts(prefect_env)
+    assert {("sweep-tiny", "markdown"), ("sweep-tiny-runs", "table")} <= {(k, t) for k, t, _ in artifacts}
+    assert [float(d) for _, t, d in artifacts if t == "progress"] == [100.0]
 
     # Re-running the same sweep trains nothing; adding a learning rate trains only the new points.
     # This one blows up: its points are marked diverged, the sweep goes on, the fit leaves them out.
@@ -70,8 +100,10 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     fits = json.loads((sweep_dir / "fits.json").read_text())
     assert sorted(e["run_id"] for e in fits["excluded"]) == sorted(runs2[runs2.lr > 1].run_id)
     assert "2 diverged" in (sweep_dir / "report" / "report.md").read_text()
-    _, children, parents = child_runs(out, "tiny")
-    assert len(children) == 6 and len(parents) == 2
+    client, children, parents = child_runs(out, "tiny")
+    assert len(children) == 6 and len(parents) == 2  # one child per grid point, re-used by the re-run
+    diverged = client.search_runs([exp], "tags.status = 'diverged'")
+    assert sorted(r.data.tags["run_id"] for r in diverged) == sorted(runs2[runs2.lr > 1].run_id)
     curves2 = pq.read_table(sweep_dir / "curves.parquet").to_pandas()
     assert not curves2.duplicated(["run_id", "step"]).any()
 

@@ -1,63 +1,20 @@
-"""reports: the rendered report (HTML, Markdown, figures), the summary artifact, number formatting."""
+"""reports: the rendered report (self-contained HTML, Markdown, figures), several sweeps in one
+report, the summary artifact, number formatting."""
 
+import base64
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from reports.combine import SweepResults
+from reports.figures import FIGURES
+from reports.numbers import fmt
 from reports.render import render_report
-from reports.summary import fmt, summary_markdown
-from tasks.config import FitConfig
+from reports.summary import summary_markdown
 from tasks.fit import fit_runs
-
-BUDGETS = [1e18, 1e19]
-FIT = FitConfig(budgets=BUDGETS, starts=16, bootstrap=50)
-
-
-def synthetic_sweep(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two archs x 3 sizes x 3 tokens-per-parameter ratios, one diverged and one failed run; curves every step."""
-    rng = np.random.default_rng(seed)
-    runs, curves = [], []
-    for arch, offset in (("mamba", 0.0), ("transformer++", 0.1)):
-        for size, n in (("t1", 1e6), ("t2", 4e6), ("t3", 1.6e7)):
-            for ratio in (10, 20, 40):
-                d = n * ratio
-                loss = (1.8 + offset + 400 / n**0.34 + 400 / d**0.3) * np.exp(3e-3 * rng.standard_normal())
-                run_id = f"{arch}-{size}-{ratio}"
-                status = {"mamba-t3-40": "diverged", "transformer++-t1-10": "failed"}.get(run_id, "completed")
-                steps = np.arange(1, 21)
-                seen = steps * d / 20
-                curve = loss + 6.0 * (seen / d) ** -0.5 * np.exp(-steps / 4)
-                if status == "diverged":
-                    curve[12:] = np.inf
-                curves.append(pd.DataFrame({
-                    "sweep": "demo", "run_id": run_id, "arch": arch, "n_params": n, "n_params_nonembed": 0.8 * n,
-                    "tokens": d, "lr": 3e-3, "step": steps, "tokens_seen": seen, "flops": 6 * n * seen,
-                    "train_loss": curve, "val_loss": np.where(steps % 5 == 0, curve, np.nan), "lr_now": 3e-3,
-                    "grad_norm": 1.0, "tokens_per_s": 1e5, "wall_s": steps * 0.1,
-                }))
-                done = status == "completed"
-                runs.append({
-                    "sweep": "demo", "run_id": run_id, "name": f"{arch}-{size}-{ratio}x-lr3e-3", "arch": arch,
-                    "size": size, "n_layer": 2, "d_model": 64, "n_params": n, "n_params_nonembed": 0.8 * n,
-                    "tokens": d, "lr": 3e-3, "seed": 0, "steps": 20, "batch_tokens": d / 20, "seq_len": 128,
-                    "flops": 6 * n * d, "train_loss": loss if done else np.nan, "val_loss": loss if done else np.nan,
-                    "wall_s": n * ratio / 1e6, "status": status,
-                })
-    return pd.DataFrame(runs), pd.concat(curves, ignore_index=True)
-
-
-@pytest.fixture(scope="module")
-def sweep():
-    runs, curves = synthetic_sweep()
-    return runs, curves, fit_runs(runs, FIT)
-
-
-@pytest.fixture(scope="module")
-def report(sweep, tmp_path_factory):
-    runs, curves, fits = sweep
-    return render_report(runs, curves, fits, tmp_path_factory.mktemp("report"), "Demo sweep", "name: demo\n")
+from tests.reports.conftest import FIT
+from tests.reports.synthetic import synthetic_sweep
 
 
 def markdown_section(md: str, heading: str) -> list[str]:
@@ -68,76 +25,86 @@ def markdown_section(md: str, heading: str) -> list[str]:
     return lines[start:end]
 
 
-def test_report_files_and_figure_links(report):
-    html_path, md_path = report["html"], report["md"]
-    html, md = html_path.read_text(), md_path.read_text()
+def test_html_embeds_every_figure_and_links_nothing(demo_report):
+    html = demo_report["html"].read_text()
     sources = re.findall(r'<img src="([^"]+)"', html)
-    assert len(sources) == len(report["figures"]) == 4
-    for src in sources:
-        assert not src.startswith("/")
-        assert (html_path.parent / src).stat().st_size > 10_000
-    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md) == sources
-    assert sorted(report["figures"]) == sorted(html_path.parent / s for s in sources)
+    assert len(sources) == len(FIGURES) and demo_report["failed_figures"] == {}
+    for src, png in zip(sources, demo_report["figures"]):
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()
+    # Opens from disk with no server: nothing but the page's own anchors is referenced.
+    assert not re.findall(r'(?:src|href)="(?!data:|#)', html)
 
 
-def test_markdown_runs_table_has_one_line_per_run(sweep, report):
-    runs = sweep[0]
-    rows = markdown_section(report["md"].read_text(), "### All runs")[2:]
-    assert len(rows) == len(runs)
-    assert {row.split(" | ")[0].lstrip("| ") for row in rows} == set(runs["name"])
+def test_markdown_links_the_figure_files(demo_report):
+    md = demo_report["md"].read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links == [f"figures/{f.stem}.png" for f in FIGURES]
+    assert all((demo_report["md"].parent / link).stat().st_size > 10_000 for link in links)
 
 
-def test_report_states_summary_fits_and_exclusions(sweep, report):
-    md = report["md"].read_text()
-    assert "18 runs: 16 completed, 1 diverged, 1 failed." in md
+def test_markdown_runs_table_has_one_line_per_run(demo, demo_report):
+    rows = markdown_section(demo_report["md"].read_text(), "### All runs")[2:]
+    assert len(rows) == len(demo.runs)
+    assert {row.split(" | ")[0].lstrip("| ") for row in rows} == set(demo.runs["name"])
+    failed = next(row for row in rows if "| failed |" in row)
+    assert "training process exited with code 1" in failed
+
+
+def test_summary_says_what_ran_who_wins_and_the_laws(demo, demo_report):
+    md = demo_report["md"].read_text()
+    assert "122 runs: 120 completed, 1 diverged, 1 failed." in md
+    # mamba's losses are 0.08 below transformer++'s by construction
+    assert "the largest compute every architecture ran: **mamba** has the lowest loss" in md
+    assert "**mamba** reaches the loss transformer++ reaches" in md
+    for arch in ("mamba", "transformer++"):
+        b = fmt(demo.fits["power_law"][arch]["params"]["b"]["value"])
+        assert f"**{arch}**, loss vs compute: L ∝ C^-b with b = {b}" in md
+        tpp = fmt(demo.fits["parametric"][arch]["predictions"][0]["tokens_per_param"]["value"])
+        assert f"({tpp} tokens per parameter)" in md
+    assert "**hyena**, L(N, D): not fitted (2 distinct (n_params, tokens) point(s)" in md
     excluded = markdown_section(md, "### Runs left out of the fits")[2:]
     assert len(excluded) == 2 and any("status diverged" in row for row in excluded)
-    for arch in ("mamba", "transformer++"):
-        b = fmt(sweep[2]["power_law"][arch]["params"]["b"]["value"])
-        assert f"**{arch}**, loss vs compute: L ∝ C^-b with b = {b}" in md
-    assert "tokens per parameter" in md
-    assert "```yaml\nname: demo\n```" in md
+    assert "```yaml\nname: demo\narchitectures: [mamba, transformer++, hyena]\n```" in md
 
 
-def test_rerendering_gives_identical_documents(sweep, report, tmp_path):
-    runs, curves, fits = sweep
-    again = render_report(runs, curves, fits, tmp_path, "Demo sweep", "name: demo\n")
-    assert again["md"].read_text() == report["md"].read_text()
-    assert again["html"].read_text() == report["html"].read_text()
-
-
-def test_report_renders_when_every_fit_is_skipped(tmp_path):
+def tiny_sweep(fitted: bool = True) -> SweepResults:
+    """The demo's two hyena runs alone: too few for any fit."""
     runs, curves = synthetic_sweep()
-    runs = runs[(runs["size"] == "t1") & (runs["tokens"] != 20 * runs["n_params"])]
+    runs = runs[runs["arch"] == "hyena"]
     curves = curves[curves["run_id"].isin(runs["run_id"])]
-    fits = fit_runs(runs, FIT)
+    return SweepResults("tiny", runs, curves, fit_runs(runs, FIT) if fitted else {})
 
-    out = render_report(runs, curves, fits, tmp_path, "Tiny sweep")
 
+def test_every_fit_skipped_still_renders_every_figure_and_no_chromium_no_pdf(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALING_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    out = render_report([tiny_sweep()], tmp_path, "Tiny")
+    assert out["failed_figures"] == {}
     md = out["md"].read_text()
-    assert md.count("not fitted") == 4
-    assert "skipped:" in md
-    assert "<h2>Sweep file</h2>" not in out["html"].read_text()
-    assert all(path.exists() for path in out["figures"])
+    assert md.count("not fitted") == 2 and "skipped:" in md
+    assert "<h2>Sweep file" not in out["html"].read_text()
+    # The PDF step says what to do; the HTML and Markdown are there all the same.
+    assert out["pdf"] is None and "apt-get install -y chromium" in out["pdf_error"]
+    assert not (tmp_path / "report.pdf").exists()
 
 
 def test_report_renders_without_fits(tmp_path):
-    runs, curves = synthetic_sweep()
-    out = render_report(runs, curves, {}, tmp_path, "Unfitted sweep")
-    assert len(markdown_section(out["md"].read_text(), "### All runs")[2:]) == len(runs)
+    out = render_report([tiny_sweep(fitted=False)], tmp_path, "Unfitted", pdf=False)
+    assert out["failed_figures"] == {}
+    assert len(markdown_section(out["md"].read_text(), "### All runs")[2:]) == 2
+    assert "No scaling laws were fitted." in out["md"].read_text()
 
 
-def test_summary_markdown_is_the_summary_and_runs_table(sweep):
-    runs, _, fits = sweep
-    text = summary_markdown(runs, fits)
-    assert text.startswith("- 18 runs: 16 completed, 1 diverged, 1 failed.")
+def test_summary_markdown_is_the_summary_and_runs_table(demo):
+    text = summary_markdown(demo.runs, demo.fits)
+    assert text.startswith("- 122 runs: 120 completed, 1 diverged, 1 failed.")
     table = [line for line in text.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(runs)
+    assert len(table) == 2 + len(demo.runs)
 
 
 @pytest.mark.parametrize("value, text", [
     (1.234e19, "1.23e19"), (3.4567, "3.46"), (1520.0, "1520"), (3e-3, "3e-3"), (1.2e6, "1.2e6"),
     (0.0123, "0.0123"), (np.float32(2.5), "2.5"), (np.nan, "–"), (None, "–"), ("x", "x"),
-])
+])  # fmt: skip
 def test_fmt(value, text):
     assert fmt(value) == text

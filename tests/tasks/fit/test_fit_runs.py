@@ -12,7 +12,7 @@ from tasks.config import ConfigError, FitConfig, fit_config, sweep_from_dict
 from tasks.fit import fit_file, fit_runs
 from tasks.fit.scalars import fit_scalars, metric_name
 from tasks.fit.table import budget_groups
-from tasks.track import log_fit
+from tasks.track_mlflow import log_fit
 from tests.tasks.fit.synthetic import grid_runs
 
 QUICK = FitConfig(budgets=[1e20, 1e22], starts=8, bootstrap=20)

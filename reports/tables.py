@@ -1,0 +1,236 @@
+"""The tables of a report, built from the runs table and the fits dict.
+
+Every table is a `Table` of formatted strings, so the HTML, Markdown and PDF reports (and the
+Prefect artifacts) show the same numbers. The fits dict is the output of `tasks.fit.fit_runs`
+(layout in that module's docstring), or several of them merged by `reports.combine`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+from reports.numbers import MISSING, fmt, fmt_interval
+
+NOTE_CHARS = 80  # a failed run's message is cut to this in the runs table; train.log has the rest
+
+
+class Table(NamedTuple):
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+def runs_table(runs: pd.DataFrame) -> Table:
+    """One row a run: what it was, how it ended, what it reached and what it cost."""
+    columns = {"name": "run", "sweep": "sweep", "status": "status", "arch": "arch", "size": "size", "n_params": "N",
+               "tokens": "tokens D", "ratio": "D/N", "lr": "lr", "train_loss": "train loss", "val_loss": "val loss",
+               "flops": "FLOPs", "wall_s": "wall (s)", "message": "note"}  # fmt: skip
+    if "sweep" not in runs or runs["sweep"].nunique() < 2:
+        columns.pop("sweep")
+    order = [c for c in ("sweep", "arch", "n_params", "tokens", "lr", "seed", "run_id") if c in runs]
+    ordered = runs.sort_values(order, kind="stable") if order else runs
+    rows = []
+    for _, run in ordered.iterrows():
+        row = []
+        for col in columns:
+            value = run.get(col)
+            if col == "name" and (value is None or pd.isna(value)):
+                value = run.get("run_id")
+            elif col == "ratio":
+                value = run["tokens"] / run["n_params"]
+            elif col == "message":
+                value = str(value or "")[:NOTE_CHARS]
+            row.append(fmt(value, 4 if col.endswith("loss") else 3))
+        rows.append(row)
+    return Table("All runs", list(columns.values()), rows)
+
+
+def power_law_table(fits: dict) -> Table:
+    rows = []
+    for arch, fit in fits.get("power_law", {}).items():
+        if fit["status"] != "ok":
+            rows.append([arch, MISSING, MISSING, MISSING, MISSING, MISSING, f"skipped: {fit['reason']}"])
+            continue
+        offset = fit.get("offset")
+        note = f"with offset: E = {fmt(offset['E'])}, b = {fmt(offset['b'])}, R² {fmt(offset['r2'])}" if offset else ""
+        rows.append(
+            [
+                arch,
+                fit["form"],
+                fmt_interval(fit["params"]["a"]),
+                fmt_interval(fit["params"]["b"]),
+                fmt(fit["r2"]),
+                str(len(fit["points"])),
+                note,
+            ]
+        )
+    return Table(
+        "Loss vs compute (frontier power law, 95% bootstrap intervals)",
+        ["arch", "form", "a", "b", "R²", "frontier runs", "notes"],
+        rows,
+    )
+
+
+def parametric_table(fits: dict) -> Table:
+    rows = []
+    for arch, fit in fits.get("parametric", {}).items():
+        if fit["status"] != "ok":
+            rows.append([arch, *[MISSING] * 9, f"skipped: {fit['reason']}"])
+            continue
+        p, conv, boot = fit["params"], fit["convergence"], fit["bootstrap"]
+        state = "converged" if conv["converged"] else f"NOT converged: {conv['message']}"
+        if conv["on_bound"]:
+            state += f"; on bound: {', '.join(conv['on_bound'])}"
+        rows.append(
+            [
+                arch,
+                *(fmt_interval(p[k]) for k in ("E", "A", "B", "alpha", "beta")),
+                fmt_interval(fit["exponents"]["a"]),
+                fmt_interval(fit["exponents"]["b"]),
+                str(len(fit["points"])),
+                fmt(fit["residual_rms"]),
+                f"{state} ({conv['iterations']} iterations); bootstrap {boot['ok']}/{boot['resamples']}",
+            ]
+        )
+    return Table(
+        "L(N, D) = E + A/N^α + B/D^β (Chinchilla approach 3, 95% bootstrap intervals)",
+        ["arch", "E", "A", "B", "α", "β", "a = β/(α+β)", "b = α/(α+β)", "points", "rms log residual", "fit"],
+        rows,
+    )
+
+
+def predictions_table(fits: dict) -> Table:
+    power = fits.get("power_law", {})
+    rows = []
+    for arch, fit in fits.get("parametric", {}).items():
+        frontier = power.get(arch, {})
+        frontier_loss = {p["flops"]: p["loss"] for p in frontier.get("predictions", [])}
+        for pred in fit.get("predictions", []):
+            rows.append(
+                [
+                    arch,
+                    fmt(pred["flops"]),
+                    fmt_interval(pred["n_opt"]),
+                    fmt_interval(pred["d_opt"]),
+                    fmt_interval(pred["tokens_per_param"]),
+                    fmt_interval(pred["loss"], 4),
+                    fmt_interval(frontier_loss.get(pred["flops"]), 4),
+                ]
+            )
+    return Table(
+        "Compute-optimal predictions at the budgets (C = 6ND)",
+        ["arch", "budget (FLOPs)", "N_opt", "D_opt", "tokens / parameter", "loss, L(N, D)", "loss, frontier power law"],
+        rows,
+    )
+
+
+def allocation_table(fits: dict) -> Table:
+    """N_opt = G * C^a by each Chinchilla approach side by side, with the optimum at the first budget."""
+    budget = (fits.get("budgets") or [None])[0]
+    rows = []
+    for kind, label in (("approach1", "1: frontier"), ("approach2", "2: IsoFLOP"), ("parametric", "3: L(N, D)")):
+        for arch, fit in fits.get(kind, {}).items():
+            if fit["status"] != "ok":
+                rows.append([arch, label, *[MISSING] * 5, f"skipped: {fit['reason']}"])
+                continue
+            e = fit["exponents"]
+            first = fit["predictions"][0] if fit["predictions"] else {}
+            rows.append(
+                [
+                    arch,
+                    label,
+                    fmt_interval(e["a"]),
+                    fmt_interval(e["b"]),
+                    fmt_interval(e["G"]),
+                    fmt_interval(first.get("n_opt")),
+                    fmt_interval(first.get("tokens_per_param")),
+                    "",
+                ]
+            )
+    return Table(
+        f"Compute-optimal allocation N_opt = G · C^a, D_opt = C / (6 N_opt) (N_opt at {fmt(budget)} FLOPs)",
+        ["arch", "approach", "a", "b", "G", "N_opt", "tokens / parameter", "notes"],
+        sorted(rows),
+    )
+
+
+def checks_table(fits: dict) -> Table:
+    """The largest compute scale held out and predicted; the learning-rate optimum's power law."""
+    rows = []
+    for arch, held in fits.get("held_out", {}).items():
+        if held["status"] != "ok":
+            rows.append([arch, "held-out prediction", MISSING, f"skipped: {held['reason']}"])
+            continue
+        par, power = held["parametric"], held["power_law"]
+        par_text = (
+            f"mean |relative error| {fmt_interval(par['mean_abs_relative_error'])} over {len(par['points'])} "
+            f"point(s), fit {par['convergence']}"
+            if par["status"] == "ok"
+            else f"skipped: {par['reason']}"
+        )
+        power_text = (
+            f"relative error {fmt_interval(power['relative_error'])}"
+            if power["status"] == "ok"
+            else f"skipped: {power['reason']}"
+        )
+        rows.append([arch, "held-out, L(N, D)", fmt(held["flops"]), par_text])
+        rows.append([arch, "held-out, loss vs compute", fmt(held["flops"]), power_text])
+    for arch, lr in fits.get("learning_rate", {}).items():
+        law = lr.get("power_law", lr)
+        text = (
+            f"k = {fmt_interval(law['k'])}, p = {fmt_interval(law['p'])} over {law['n_points']} optima"
+            if law.get("status") == "ok"
+            else f"skipped: {law['reason']}"
+        )
+        rows.append([arch, "lr_opt = k · N^-p", MISSING, text])
+    for multipliers in multiplier_blocks(fits):
+        for arch, entry in multipliers["archs"].items():
+            what = f"compute multiplier vs {multipliers['reference']}"
+            if entry["status"] != "ok":
+                rows.append([arch, what, MISSING, f"skipped: {entry['reason']}"])
+                continue
+            for at in entry["at"]:
+                rows.append(
+                    [
+                        arch,
+                        what,
+                        fmt(at["flops"]),
+                        f"{fmt_interval(at['multiplier'])} at loss {fmt(at['loss'], 4)}"
+                        + (" (extrapolated)" if at["extrapolated"] else " (largest compute run by both)"),
+                    ]
+                )
+    return Table("Checks and comparisons (95% bootstrap intervals)", ["arch", "what", "FLOPs", "result"], rows)
+
+
+def excluded_table(fits: dict) -> Table:
+    excluded = fits.get("excluded", [])
+    several = any("sweep" in e for e in excluded)
+    rows = [([e["sweep"]] if several else []) + [e["run_id"], e.get("name") or MISSING, e["reason"]] for e in excluded]
+    return Table("Runs left out of the fits", (["sweep"] if several else []) + ["run_id", "name", "reason"], rows)
+
+
+def markdown_table(table: Table) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in table.columns) + " |",
+        "|" + "|".join("---" for _ in table.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def multiplier_blocks(fits: dict) -> list[dict]:
+    """The compute multipliers of one sweep's fits (a dict), of several merged (a list), or none."""
+    blocks = fits.get("compute_multiplier")
+    if not blocks:
+        return []
+    return blocks if isinstance(blocks, list) else [blocks]
+
+
+def fit_tables(fits: dict) -> list[Table]:
+    return [power_law_table(fits), parametric_table(fits), predictions_table(fits), allocation_table(fits),
+            checks_table(fits)]  # fmt: skip
