@@ -96,7 +96,8 @@ def fit_power_law(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
     samples = _boot_lines(log_c, log_l, flops, loss, boot, "power_law")  # (slope, intercept) = (-b, log a)
     b, log_a = -slope, intercept
     b_s, log_a_s = -samples[:, 0], samples[:, 1]
-    grid = np.geomspace(flops[front].min() / 2, flops[front].max() * 2, BAND_POINTS)
+    # Out to one decade past the largest run: the extrapolation the report draws, with its band.
+    grid = np.geomspace(flops[front].min() / 2, flops[front].max() * 10, BAND_POINTS)
     curves = np.exp(log_a_s[:, None] - b_s[:, None] * np.log(grid))  # (resamples, grid)
     pred = np.asarray(budgets, float)
     pred_s = np.exp(log_a_s[:, None] - b_s[:, None] * np.log(pred))
