@@ -197,7 +197,7 @@ def memory(megabytes: int, limit_mb: int, tmp: Path) -> None:
 
 def main() -> None:
     from models.registry import ARCHITECTURES
-    from tasks.corpus import build_sample_corpus
+    from tasks.sample_corpus import build_sample_corpus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", default="bpe:4096")

@@ -33,8 +33,6 @@ from tasks.corpus import (
     DataError,
     Skips,
     build_dir,
-    build_sample_corpus,
-    check_sample_dir,
     file_digest,
     iter_documents,
     iter_records,
@@ -46,6 +44,7 @@ from tasks.corpus import (
     write_atomic,
 )
 from tasks.encode import write_tokens
+from tasks.sample_corpus import build_sample_corpus, check_sample_dir
 from tasks.tokenizer import (
     end_token_id,
     load_tokenizer,

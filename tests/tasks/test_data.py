@@ -10,7 +10,6 @@ import zstandard
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from tasks.config import DataConfig
-from tasks.corpus import SAMPLE_MARKER, SAMPLE_SET_NAME
 from tasks.data import (
     DataError,
     TokenCache,
@@ -22,6 +21,7 @@ from tasks.data import (
     prepare_data,
     vocab_size_for,
 )
+from tasks.sample_corpus import SAMPLE_MARKER, SAMPLE_SET_NAME
 
 SAMPLE_BYTES = 300_000
 
