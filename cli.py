@@ -1,9 +1,9 @@
 """`scaling`: plan, run, fit and report scaling-law sweeps.
 
-    scaling plan CONFIG [--set key=value ...]          the grid and its cost; no compute
-    scaling run CONFIG [--output DIR] [--set k=v ...]   the scaling-sweep flow, locally
-    scaling fit RUNS.parquet|.csv [--out FITS.json]     refit recorded runs, no training (scaling fit -h)
-    scaling report SWEEP_DIR [SWEEP_DIR ...]            re-render a report (several sweeps: one report), no training
+scaling plan CONFIG [--set key=value ...]          the grid and its cost; no compute
+scaling run CONFIG [--output DIR] [--set k=v ...]   the scaling-sweep flow, locally
+scaling fit RUNS.parquet|.csv [--out FITS.json]     refit recorded runs, no training (scaling fit -h)
+scaling report SWEEP_DIR [SWEEP_DIR ...]            re-render a report (several sweeps: one report), no training
 """
 
 from __future__ import annotations
@@ -64,10 +64,15 @@ def cmd_fit(args) -> int:
     runs = Path(args.runs)
     out = Path(args.out) if args.out else runs.with_name("fits.json")
     # Only the flags given: FitConfig's defaults (and its messages, naming the field) for the rest.
-    flags = {"budgets": args.budgets.split(",") if args.budgets else None, "starts": args.starts,
-             "bootstrap": args.bootstrap, "seed": args.seed, "held_out": args.held_out,
-             "reference_arch": args.reference,
-             "outliers": None if args.drop_highest is None else {"drop_highest": args.drop_highest}}  # fmt: skip
+    flags = {
+        "budgets": args.budgets.split(",") if args.budgets else None,
+        "starts": args.starts,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "held_out": args.held_out,
+        "reference_arch": args.reference,
+        "outliers": None if args.drop_highest is None else {"drop_highest": args.drop_highest},
+    }
     config = fit_config({k: v for k, v in flags.items() if v is not None}, "scaling fit")
     fits = fit_file(runs, out, config)
     print("\n".join(f"- {line}" for line in summary_lines(load_runs(runs), fits)))
@@ -104,12 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", help="resamples behind each 95%% interval (default 200; 0: no intervals)")
     p.add_argument("--seed", help="seed of the bootstrap (default 0)")
     p.add_argument("--drop-highest", metavar="K", help="per architecture, leave out the K runs with the highest loss")
-    p.add_argument("--no-held-out", dest="held_out", action="store_const", const=False,
-                   help="skip the refit without the largest compute scale")  # fmt: skip
+    p.add_argument(
+        "--no-held-out",
+        dest="held_out",
+        action="store_const",
+        const=False,
+        help="skip the refit without the largest compute scale",
+    )
     p.add_argument("--reference", help="architecture the compute multipliers are against (default transformer++)")
     p = sub.add_parser("report")
-    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
-                   help="a sweep's folder, e.g. outputs/sweeps/sample; several share one report, on the same axes")
+    p.add_argument(
+        "sweep_dirs",
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="a sweep's folder, e.g. outputs/sweeps/sample; several share one report, on the same axes",
+    )
     p.add_argument("--out", help="report folder (default: SWEEP_DIR/report; for several, OUTPUT/comparisons/A+B)")
     p.add_argument("--title", help="the report's title (default: the sweep names)")
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="skip the PDF (it needs Chromium)")

@@ -41,8 +41,12 @@ def train_grid(specs: list, layout, cache, tracking, threads: int, timeout_s: fl
     return [f.result() for f in futures]
 
 
-@flow(name="scaling-sweep", log_prints=True,
-      on_cancellation=[steps.stop_training_processes], on_crashed=[steps.stop_training_processes])  # fmt: skip
+@flow(
+    name="scaling-sweep",
+    log_prints=True,
+    on_cancellation=[steps.stop_training_processes],
+    on_crashed=[steps.stop_training_processes],
+)
 def scaling_sweep(
     sweep: str = "deployments/sweeps/sample.yaml",
     output: str | None = None,

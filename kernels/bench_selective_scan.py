@@ -78,9 +78,25 @@ def worker(path: str, b: int, d: int, L: int, n: int, repeats: int) -> dict:
 
 
 def run_path(path: str, args: argparse.Namespace, L: int) -> dict:
-    cmd = [sys.executable, "-m", "kernels.bench_selective_scan", "--worker", path, "--batch", str(args.batch),
-           "--seq-len", str(L), "--d-inner", str(args.d_inner), "--d-state", str(args.d_state),
-           "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kernels.bench_selective_scan",
+        "--worker",
+        path,
+        "--batch",
+        str(args.batch),
+        "--seq-len",
+        str(L),
+        "--d-inner",
+        str(args.d_inner),
+        "--d-state",
+        str(args.d_state),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -104,8 +120,10 @@ def main() -> None:
     for path in FAST:
         print(f"{path} vs ref, small input: max relative error {check(path):.1e} (outputs and all 8 gradients)")
     L, ref_L = args.seq_len, args.ref_seq_len or args.seq_len
-    print(f"batch {args.batch}, L {L}, d_inner {args.d_inner}, d_state {args.d_state}, {args.threads} threads; "
-          f"forward + backward, best of {args.repeats}; memory = peak RSS added by the passes")  # fmt: skip
+    print(
+        f"batch {args.batch}, L {L}, d_inner {args.d_inner}, d_state {args.d_state}, {args.threads} threads; "
+        f"forward + backward, best of {args.repeats}; memory = peak RSS added by the passes"
+    )
     ref = run_path("ref", args, ref_L)
     ref_s = ref["seconds"] * L / ref_L
     scaled = f" (timed at L {ref_L}, scaled x{L / ref_L:g}; memory at L {ref_L})" if ref_L != L else ""

@@ -24,8 +24,16 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared",
-         "-std=c11")  # fmt: skip
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-mprefer-vector-width=512",
+    "-ffast-math",
+    "-fopenmp-simd",
+    "-fPIC",
+    "-shared",
+    "-std=c11",
+)
 """-ffast-math lets gcc vectorise expf through glibc's libmvec; the kernels never rely on inf or
 NaN semantics beyond a NaN input giving a NaN output. 512-bit vectors where the CPU has them
 (gcc prefers 256 by default): a 16-float state is then one register (1.7x measured on the

@@ -53,11 +53,13 @@ def combine(sweeps: list[SweepResults]) -> tuple[pd.DataFrame, pd.DataFrame, dic
         fits["n_runs"] += f.get("n_runs", 0)
         fits["n_used"] += f.get("n_used", 0)
         if block := f.get("compute_multiplier"):
-            multipliers.append({
-                **block,
-                "reference": series_label(s.name, block["reference"], several),
-                "archs": {series_label(s.name, a, several): e for a, e in block["archs"].items()},
-            })  # fmt: skip
+            multipliers.append(
+                {
+                    **block,
+                    "reference": series_label(s.name, block["reference"], several),
+                    "archs": {series_label(s.name, a, several): e for a, e in block["archs"].items()},
+                }
+            )
     fits["compute_multiplier"] = multipliers if several else (multipliers[0] if multipliers else None)
     sources = [str(s.fits["source"]) for s in sweeps if s.fits.get("source")]
     fits["source"] = ", ".join(sources) if sources else None

@@ -50,8 +50,9 @@ def print_pdf(html: Path, pdf: Path, timeout_s: float = TIMEOUT_S) -> Path:
     pdf = Path(pdf).resolve()
     tmp = pdf.with_name(f".{pdf.name}.tmp")
     with tempfile.TemporaryDirectory(prefix="scaling-chromium-") as profile:
-        cmd = headless(chromium, Path(profile), "--no-pdf-header-footer", f"--print-to-pdf={tmp}",
-                       Path(html).resolve().as_uri())  # fmt: skip
+        cmd = headless(
+            chromium, Path(profile), "--no-pdf-header-footer", f"--print-to-pdf={tmp}", Path(html).resolve().as_uri()
+        )
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as err:

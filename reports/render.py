@@ -53,8 +53,15 @@ def render_report(sweeps: list[SweepResults], out_dir: Path, title: str, pdf: bo
         # No Software/date metadata: the same inputs give the same bytes.
         fig.savefig(path, dpi=DPI, metadata={"Software": None})
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        rendered.append({"id": spec.stem, "src": f"figures/{spec.stem}.png", "caption": spec.caption, "path": path,
-                         "data_uri": f"data:image/png;base64,{data}"})  # fmt: skip
+        rendered.append(
+            {
+                "id": spec.stem,
+                "src": f"figures/{spec.stem}.png",
+                "caption": spec.caption,
+                "path": path,
+                "data_uri": f"data:image/png;base64,{data}",
+            }
+        )
     summary = summary_lines(runs, fits) + [f"⚠ Figure {stem} could not be drawn ({e})." for stem, e in failed.items()]
     context = {
         "title": title,
@@ -79,8 +86,14 @@ def render_report(sweeps: list[SweepResults], out_dir: Path, title: str, pdf: bo
     html, md = out_dir / "report.html", out_dir / "report.md"
     html.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
     md.write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
-    result = {"html": html, "md": md, "pdf": None, "pdf_error": None, "figures": [f["path"] for f in rendered],
-              "failed_figures": failed}  # fmt: skip
+    result = {
+        "html": html,
+        "md": md,
+        "pdf": None,
+        "pdf_error": None,
+        "figures": [f["path"] for f in rendered],
+        "failed_figures": failed,
+    }
     if pdf:
         try:
             result["pdf"] = print_pdf(html, out_dir / "report.pdf")

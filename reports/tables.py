@@ -24,9 +24,22 @@ class Table(NamedTuple):
 
 def runs_table(runs: pd.DataFrame) -> Table:
     """One row a run: what it was, how it ended, what it reached and what it cost."""
-    columns = {"name": "run", "sweep": "sweep", "status": "status", "arch": "arch", "size": "size", "n_params": "N",
-               "tokens": "tokens D", "ratio": "D/N", "lr": "lr", "train_loss": "train loss", "val_loss": "val loss",
-               "flops": "FLOPs", "wall_s": "wall (s)", "message": "note"}  # fmt: skip
+    columns = {
+        "name": "run",
+        "sweep": "sweep",
+        "status": "status",
+        "arch": "arch",
+        "size": "size",
+        "n_params": "N",
+        "tokens": "tokens D",
+        "ratio": "D/N",
+        "lr": "lr",
+        "train_loss": "train loss",
+        "val_loss": "val loss",
+        "flops": "FLOPs",
+        "wall_s": "wall (s)",
+        "message": "note",
+    }
     if "sweep" not in runs or runs["sweep"].nunique() < 2:
         columns.pop("sweep")
     order = [c for c in ("sweep", "arch", "n_params", "tokens", "lr", "seed", "run_id") if c in runs]
@@ -232,5 +245,10 @@ def multiplier_blocks(fits: dict) -> list[dict]:
 
 
 def fit_tables(fits: dict) -> list[Table]:
-    return [power_law_table(fits), parametric_table(fits), predictions_table(fits), allocation_table(fits),
-            checks_table(fits)]  # fmt: skip
+    return [
+        power_law_table(fits),
+        parametric_table(fits),
+        predictions_table(fits),
+        allocation_table(fits),
+        checks_table(fits),
+    ]

@@ -38,8 +38,9 @@ def _run(*args: str, env: dict | None = None, limit_bytes: int | None = None) ->
             resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
 
     cmd = [sys.executable, "-m", "tasks.bench_data", "--worker", *args]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          preexec_fn=limit)  # fmt: skip
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env={**os.environ, **(env or {})}, preexec_fn=limit
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
@@ -95,7 +96,9 @@ def _tokenizer(corpus: Path, spec: str, cache: Path):
 
 def tokenization(corpus: Path, tokenizer: str, workers: int, tmp: Path) -> None:
     _tokenizer(corpus, tokenizer, tmp)  # trained once, outside the timings
-    single = _run("tokenize", str(corpus), tokenizer, "1", str(tmp / "one.bin"), env={"TOKENIZERS_PARALLELISM": "false"})
+    single = _run(
+        "tokenize", str(corpus), tokenizer, "1", str(tmp / "one.bin"), env={"TOKENIZERS_PARALLELISM": "false"}
+    )
     parallel = _run("tokenize", str(corpus), tokenizer, str(workers), str(tmp / "many.bin"))
     if (tmp / "one.bin").read_bytes() != (tmp / "many.bin").read_bytes():
         raise SystemExit("the parallel build wrote different tokens from the single-process one")
@@ -181,17 +184,24 @@ def memory_worker(corpus: str, data_root: str) -> dict:
     children, t0 = ChildPeaks(), time.perf_counter()
     cfg = DataConfig(source="pile", path=corpus, tokenizer="bytes", val_tokens=65536, workers=os.cpu_count())
     cache = prepare_data(cfg, Path(data_root))
-    return {"tokens": cache.n_train, "seconds": time.perf_counter() - t0, "worker_peak_mib": children.stop(),
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "tokens": cache.n_train,
+        "seconds": time.perf_counter() - t0,
+        "worker_peak_mib": children.stop(),
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def memory(megabytes: int, limit_mb: int, tmp: Path) -> None:
     corpus_bytes = synthetic_pile(tmp / "pile", megabytes)
     # One OpenBLAS thread: its per-thread buffers would otherwise take most of a small limit.
-    r = _run("memory", str(tmp / "pile"), str(tmp / "data"), env={"OPENBLAS_NUM_THREADS": "1"},
-             limit_bytes=limit_mb * 2**20)  # fmt: skip
-    print(f"3. cache build over {corpus_bytes / 2**20:,.0f} MiB of text ({r['tokens']:,} tokens, bytes tokenizer) "
-          f"with {limit_mb} MiB of data memory per process (RLIMIT_DATA): {r['seconds']:.0f} s")  # fmt: skip
+    r = _run(
+        "memory", str(tmp / "pile"), str(tmp / "data"), env={"OPENBLAS_NUM_THREADS": "1"}, limit_bytes=limit_mb * 2**20
+    )
+    print(
+        f"3. cache build over {corpus_bytes / 2**20:,.0f} MiB of text ({r['tokens']:,} tokens, bytes tokenizer) "
+        f"with {limit_mb} MiB of data memory per process (RLIMIT_DATA): {r['seconds']:.0f} s"
+    )
     print(f"   peak resident: build {r['peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")
 
 

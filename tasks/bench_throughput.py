@@ -69,16 +69,26 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="where the token cache goes (default: ./outputs)")
     args = parser.parse_args()
 
-    cfg = load_sweep(resolve_sweep_path("sample"), {
-        "name": "bench-throughput", "architectures": args.archs, "sizes": [args.size],
-        "tokens": {"counts": [args.steps * 4096], "per_param": None}, "lr": {"values": [1e-3]},
-        "train.eval_interval": args.steps, "train.checkpoint_interval": args.steps + 1,
-        "resources.concurrency": 1, "resources.threads_per_rank": args.threads,
-    })  # fmt: skip
+    cfg = load_sweep(
+        resolve_sweep_path("sample"),
+        {
+            "name": "bench-throughput",
+            "architectures": args.archs,
+            "sizes": [args.size],
+            "tokens": {"counts": [args.steps * 4096], "per_param": None},
+            "lr": {"values": [1e-3]},
+            "train.eval_interval": args.steps,
+            "train.checkpoint_interval": args.steps + 1,
+            "resources.concurrency": 1,
+            "resources.threads_per_rank": args.threads,
+        },
+    )
     cache = prepare_data(cfg.data, Layout.at(args.output).data)
     peak = bf16_matmul_peak(args.threads)
-    print(f"size {args.size}, seq_len {cfg.data.seq_len}, {cfg.train.batch_tokens} tokens a step, {args.steps} steps, "
-          f"{args.threads} threads; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    print(
+        f"size {args.size}, seq_len {cfg.data.seq_len}, {cfg.train.batch_tokens} tokens a step, {args.steps} steps, "
+        f"{args.threads} threads; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
     print(f"kernels: {', '.join(f'{op} {impl}' for op, impl in implementations('cpu').items())}")
     print(f"{'arch':14} {'params':>8} {'GFLOP/token':>12} {'tokens/s':>9} {'MFU':>6} {'vs ' + BASELINE:>18}")
     results = {}
@@ -92,8 +102,10 @@ def main() -> None:
             results[spec.arch] = rate
             mfu = rate * spec.flops_per_token / peak
             base = f"x{rate / results[BASELINE]:.2f}" if BASELINE in results else "(not run)"
-            print(f"{spec.arch:14} {spec.n_params / 1e6:7.2f}M {spec.flops_per_token / 1e9:12.4f} "
-                  f"{rate:9.0f} {mfu:6.1%} {base:>18}")  # fmt: skip
+            print(
+                f"{spec.arch:14} {spec.n_params / 1e6:7.2f}M {spec.flops_per_token / 1e9:12.4f} "
+                f"{rate:9.0f} {mfu:6.1%} {base:>18}"
+            )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,30 @@ from tasks.plan import RunSpec
 from tasks.track import curve_schema, read_curve, write_parquet_atomic
 
 RUN_COLUMNS = [
-    "sweep", "run_id", "name", "arch", "size", "n_layer", "d_model", "n_params", "n_params_nonembed",
-    "tokens", "lr", "seed", "steps", "batch_tokens", "seq_len", "flops", "train_loss", "val_loss",
-    "step", "wall_s", "process_s", "status", "message",
-]  # fmt: skip
+    "sweep",
+    "run_id",
+    "name",
+    "arch",
+    "size",
+    "n_layer",
+    "d_model",
+    "n_params",
+    "n_params_nonembed",
+    "tokens",
+    "lr",
+    "seed",
+    "steps",
+    "batch_tokens",
+    "seq_len",
+    "flops",
+    "train_loss",
+    "val_loss",
+    "step",
+    "wall_s",
+    "process_s",
+    "status",
+    "message",
+]
 
 
 def run_row(spec: RunSpec, run_dir: Path) -> dict:

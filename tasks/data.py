@@ -22,7 +22,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -123,8 +123,7 @@ def _corpus_path(cfg: DataConfig) -> Path | None:
         raise DataError(f"data.path {path.absolute()}: no such folder (data.source {cfg.source!r}); {fix}")
     if cfg.source == "pile" and not pile_files(path)[0]:
         raise DataError(
-            f"{path.absolute()}: no Pile train shards (NN.jsonl.zst, e.g. 00.jsonl.zst) in it or in its "
-            f"train/; {fix}"
+            f"{path.absolute()}: no Pile train shards (NN.jsonl.zst, e.g. 00.jsonl.zst) in it or in its train/; {fix}"
         )
     if cfg.source == "text" and not text_files(path):
         raise DataError(f"{path.absolute()}: no .txt, .jsonl or .jsonl.zst files in it; {fix}")
@@ -170,9 +169,7 @@ def _load(folder: Path) -> TokenCache | None:
         n = m["tokens"]
         cache = TokenCache(folder, m["vocab_size"], m["dtype"], n["train"], n["val"], m["key"], m["eot_id"])
         itemsize = np.dtype(cache.dtype).itemsize
-        sizes_ok = all(
-            (folder / f"{split}.bin").stat().st_size == n[split] * itemsize for split in ("train", "val")
-        )
+        sizes_ok = all((folder / f"{split}.bin").stat().st_size == n[split] * itemsize for split in ("train", "val"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return cache if m.get("format") == _FORMAT and sizes_ok and cache.tokenizer_path.is_file() else None
@@ -254,6 +251,7 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
 
         t0 = time.perf_counter()
         tok_cache = data_root / f"tokenizer-{_sha256_json([layout, files, cfg.subsets])[:16]}"
+
         def train_texts():
             return (text for text, _ in _select(records("train"), cfg, weigh=False))
 
@@ -289,8 +287,10 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
                 os.fsync(fh.fileno())
 
         def per_set(w):
-            return {name: {"documents": w.set_documents[name], "tokens": w.set_tokens[name]}
-                    for name in sorted(w.set_documents)}  # fmt: skip
+            return {
+                name: {"documents": w.set_documents[name], "tokens": w.set_tokens[name]}
+                for name in sorted(w.set_documents)
+            }
 
         manifest = {
             "format": _FORMAT,
@@ -312,7 +312,7 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
             "val_tokens": cfg.val_tokens,
             "workers": workers,
             "seconds": {"tokenizer": round(t_tok, 3), "tokenize": round(t_tokenize, 3)},
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
         replace_dir(tmp, final, lambda d: _load(d) is not None)
@@ -344,13 +344,20 @@ def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
     else:
         sources = text_files(corpus)
     files = [
-        {"name": p.relative_to(corpus).as_posix(), "size": p.stat().st_size, "sha256": file_digest(p)}
-        for p in sources
+        {"name": p.relative_to(corpus).as_posix(), "size": p.stat().st_size, "sha256": file_digest(p)} for p in sources
     ]
     tokenizer = f"file:{file_digest(tok_file)}" if tok_file else cfg.tokenizer
     selection = {"subsets": cfg.subsets, "mixture": cfg.mixture, "on_bad_record": cfg.on_bad_record}
-    key = _sha256_json({"format": _FORMAT, "layout": layout, "files": files, "tokenizer": tokenizer,
-                        "val_tokens": cfg.val_tokens, **selection})  # fmt: skip
+    key = _sha256_json(
+        {
+            "format": _FORMAT,
+            "layout": layout,
+            "files": files,
+            "tokenizer": tokenizer,
+            "val_tokens": cfg.val_tokens,
+            **selection,
+        }
+    )
     final = data_root / f"tokens-{key[:16]}"
     cache = _load(final)
     if cache is None:

@@ -1,10 +1,10 @@
 """Where generated things go: one output folder, laid out by sweep name and run id.
 
-    <output>/data/tokens-<key>/     token caches (shared by sweeps on the same data)
-    <output>/runs/<run_id>/         one grid point: spec, checkpoints, curve parts, status, log
-    <output>/sweeps/<name>/         runs.parquet, curves.parquet, fits.json, sweep.yaml, report/
-    <output>/comparisons/<a>+<b>/   a report of several sweeps
-    <output>/mlflow.db, mlartifacts/  the default MLflow tracking store
+<output>/data/tokens-<key>/     token caches (shared by sweeps on the same data)
+<output>/runs/<run_id>/         one grid point: spec, checkpoints, curve parts, status, log
+<output>/sweeps/<name>/         runs.parquet, curves.parquet, fits.json, sweep.yaml, report/
+<output>/comparisons/<a>+<b>/   a report of several sweeps
+<output>/mlflow.db, mlartifacts/  the default MLflow tracking store
 """
 
 from __future__ import annotations

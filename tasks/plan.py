@@ -67,7 +67,7 @@ class RunSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
+    def from_dict(cls, d: dict) -> RunSpec:
         return cls(**d)
 
 
@@ -245,7 +245,20 @@ def _fmt_s(s: float) -> str:
 
 def format_plan(plan: Plan, concurrency: int = 1) -> str:
     """The grid as a fixed-width table, with the sweep's totals."""
-    head = ["run_id", "arch", "size", "n_layer", "d_model", "n_params", "nonembed", "tokens", "lr", "steps", "flops", "est"]
+    head = [
+        "run_id",
+        "arch",
+        "size",
+        "n_layer",
+        "d_model",
+        "n_params",
+        "nonembed",
+        "tokens",
+        "lr",
+        "steps",
+        "flops",
+        "est",
+    ]
     rows = [
         [
             r.run_id,

@@ -46,8 +46,9 @@ def default_report_dir(sweep_dirs: list[Path]) -> Path:
     return Path(sweep_dirs[0]).resolve().parent.parent / "comparisons" / "+".join(Path(d).name for d in sweep_dirs)
 
 
-def report_sweeps(sweep_dirs: list[Path], out_dir: Path | None = None, title: str | None = None,
-                  pdf: bool = True) -> dict:  # fmt: skip
+def report_sweeps(
+    sweep_dirs: list[Path], out_dir: Path | None = None, title: str | None = None, pdf: bool = True
+) -> dict:
     """Render the report; returns render_report's paths plus the summary Markdown and the runs table
     (a list of row dicts) for Prefect artifacts."""
     sweeps = [load_sweep_results(d) for d in sweep_dirs]

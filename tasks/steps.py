@@ -63,15 +63,25 @@ def _open_tracking(cfg: SweepConfig, layout: Layout, sweep_file: str) -> Trackin
         client = mlflow_track.mlflow_client(layout.mlflow_uri)
         client.log_text(parent, json.dumps(cfg.model_dump(mode="json"), indent=1), "sweep.json")
     except Exception as err:  # noqa: BLE001 -- any failure of the store (HTTP, SQL, MLflow's own) is an outage
-        get_run_logger().warning("MLflow store %s unreachable (%s): training goes on, Parquet records everything, "
-                                 "MLflow is caught up when it answers", layout.mlflow_uri, err)  # fmt: skip
+        get_run_logger().warning(
+            "MLflow store %s unreachable (%s): training goes on, Parquet records everything, "
+            "MLflow is caught up when it answers",
+            layout.mlflow_uri,
+            err,
+        )
         return Tracking(layout.mlflow_uri, None, None)
     return Tracking(layout.mlflow_uri, exp_id, parent)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train-{spec.name}")
-def train_point(spec: plan.RunSpec, layout: Layout, cache: data.TokenCache, tracking: Tracking,
-                threads: int, timeout_s: float | None) -> train.RunResult:  # fmt: skip
+def train_point(
+    spec: plan.RunSpec,
+    layout: Layout,
+    cache: data.TokenCache,
+    tracking: Tracking,
+    threads: int,
+    timeout_s: float | None,
+) -> train.RunResult:
     logger = get_run_logger()
     run_dir = layout.run(spec.run_id)
     finished = train.read_status(run_dir).get("status") in train.FINISHED
@@ -80,8 +90,9 @@ def train_point(spec: plan.RunSpec, layout: Layout, cache: data.TokenCache, trac
         mlflow_run = mlflow_track.child_run(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec)
     result = train.run_point(spec, run_dir, cache.dir, threads, tracking.uri, mlflow_run, timeout_s)
     # A point trained while the store was down (or in another sweep) is sent now; one already sent is not.
-    mlflow_track.finish_child(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec, run_dir,
-                              result.status)  # fmt: skip
+    mlflow_track.finish_child(
+        tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec, run_dir, result.status
+    )
     if result.skipped:
         logger.info("%s: already %s, skipped", spec.name, result.status)
         return result
@@ -113,12 +124,16 @@ def sync_tracking(p: plan.Plan, cfg: SweepConfig, layout: Layout, tracking: Trac
     behind = []
     for spec in p.runs:
         status = train.read_status(layout.run(spec.run_id)).get("status")
-        if status and not mlflow_track.finish_child(tracking.uri, tracking.experiment_id, tracking.parent_run_id,
-                                                    spec, layout.run(spec.run_id), status):  # fmt: skip
+        if status and not mlflow_track.finish_child(
+            tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec, layout.run(spec.run_id), status
+        ):
             behind.append(spec.name)
     if behind:
-        get_run_logger().warning("%d point(s) not in MLflow yet (%s); the next run of the sweep sends them",
-                                 len(behind), ", ".join(behind[:5]))  # fmt: skip
+        get_run_logger().warning(
+            "%d point(s) not in MLflow yet (%s); the next run of the sweep sends them",
+            len(behind),
+            ", ".join(behind[:5]),
+        )
     return tracking
 
 
@@ -142,8 +157,9 @@ def publish(report: dict, tracking: Tracking, sweep_dir: Path, sweep_file: Path)
     parameters, metrics), tables and sweep file to the MLflow parent run, with the summary as its
     description."""
     name = _artifact_key(sweep_dir.name)
-    create_markdown_artifact(f"Report: `{report['html']}`\n\n" + report["summary"], key=name,
-                             description="Sweep summary")  # fmt: skip
+    create_markdown_artifact(
+        f"Report: `{report['html']}`\n\n" + report["summary"], key=name, description="Sweep summary"
+    )
     create_table_artifact(report["table"], key=name + "-runs", description="Runs")
     if tracking.parent_run_id is None:
         get_run_logger().warning("MLflow unreachable: the report is in %s only", sweep_dir / "report")
@@ -159,8 +175,9 @@ def publish(report: dict, tracking: Tracking, sweep_dir: Path, sweep_file: Path)
         client.set_tag(run, "mlflow.note.content", report["summary"])  # the run's description in the UI
         client.set_terminated(run, "FINISHED")
     except Exception as err:  # noqa: BLE001 -- as in _open_tracking
-        get_run_logger().warning("MLflow: the report did not reach the parent run (%s); it is in %s", err,
-                                 sweep_dir / "report")  # fmt: skip
+        get_run_logger().warning(
+            "MLflow: the report did not reach the parent run (%s); it is in %s", err, sweep_dir / "report"
+        )
 
 
 def _artifact_key(name: str) -> str:

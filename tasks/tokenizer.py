@@ -95,7 +95,7 @@ def end_token_id(tok: Tokenizer, where: str | Path = "tokenizer") -> int:
 def user_tokenizer(path: Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception on a malformed file
         raise DataError(f"{path.absolute()}: not a readable tokenizer.json ({e})") from None
     end_token_id(tok, path.absolute())
     return tok

@@ -13,10 +13,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 CURVE_COLUMNS = [
-    "sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr",
-    "step", "tokens_seen", "flops", "train_loss", "val_loss", "lr_now", "grad_norm",
-    "tokens_per_s", "wall_s", "timestamp_ms",
-]  # fmt: skip
+    "sweep",
+    "run_id",
+    "arch",
+    "n_params",
+    "n_params_nonembed",
+    "tokens",
+    "lr",
+    "step",
+    "tokens_seen",
+    "flops",
+    "train_loss",
+    "val_loss",
+    "lr_now",
+    "grad_norm",
+    "tokens_per_s",
+    "wall_s",
+    "timestamp_ms",
+]
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:

@@ -41,8 +41,11 @@ METRICS = ["train_loss", "val_loss", "lr_now", "grad_norm", "tokens_per_s", "tok
 BY_TOKENS = ["train_loss", "val_loss"]  # also logged with step = tokens seen, as by_tokens/<name>
 BATCH = 1000  # MLflow takes at most 1000 metrics a call
 OUTAGE_S = 60.0
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # fmt: skip
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 SYNCED = "mlflow.json"
 
 _down_until: dict[str, float] = {}
@@ -67,8 +70,13 @@ def _failed(uri: str, what: str, err: Exception) -> None:
     """Any exception of a store call counts as an outage: HTTP, SQL and MLflow's own errors all mean
     the same to a run, which goes on with Parquet."""
     _down_until[uri] = time.monotonic() + OUTAGE_S
-    log.warning("MLflow %s failed (%s: %s); Parquet has every row, they are sent when %s answers again",
-                what, type(err).__name__, err, uri)  # fmt: skip
+    log.warning(
+        "MLflow %s failed (%s: %s); Parquet has every row, they are sent when %s answers again",
+        what,
+        type(err).__name__,
+        err,
+        uri,
+    )
 
 
 def metrics_of(rows: list[dict]) -> list:
@@ -136,8 +144,24 @@ class MetricSender:
 
 
 def child_params(spec) -> dict[str, str]:
-    keys = ("arch", "size", "n_layer", "d_model", "n_params", "n_params_nonembed", "tokens", "steps", "lr", "seed",
-            "batch_tokens", "seq_len", "flops", "zero_stage", "precision", "ranks")  # fmt: skip
+    keys = (
+        "arch",
+        "size",
+        "n_layer",
+        "d_model",
+        "n_params",
+        "n_params_nonembed",
+        "tokens",
+        "steps",
+        "lr",
+        "seed",
+        "batch_tokens",
+        "seq_len",
+        "flops",
+        "zero_stage",
+        "precision",
+        "ranks",
+    )
     return {**{k: str(getattr(spec, k)) for k in keys}, "tokens_per_param": f"{spec.tokens / spec.n_params:.3g}"}
 
 
@@ -168,8 +192,15 @@ def _find_or_create(client, experiment_id: str, parent_id: str, spec) -> str:
     found = client.search_runs([experiment_id], filter_string=f"tags.run_id = '{spec.run_id}'", max_results=1)
     if found:
         return found[0].info.run_id
-    tags = {"mlflow.parentRunId": parent_id, "kind": "point", "run_id": spec.run_id, "sweep": spec.sweep,
-            "arch": spec.arch, "size": spec.size, "status": "running"}  # fmt: skip
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "kind": "point",
+        "run_id": spec.run_id,
+        "sweep": spec.sweep,
+        "arch": spec.arch,
+        "size": spec.size,
+        "status": "running",
+    }
     run = client.create_run(experiment_id, run_name=spec.name, tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in child_params(spec).items()])
     return run.info.run_id

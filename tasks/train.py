@@ -75,8 +75,16 @@ def _free_port() -> int:
 def _command(spec: RunSpec, run_dir: Path) -> list[str]:
     if spec.ranks == 1:
         return [sys.executable, "-m", "tasks.trainer", str(run_dir)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.ranks}",
-            "-m", "tasks.trainer", str(run_dir)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={spec.ranks}",
+        "-m",
+        "tasks.trainer",
+        str(run_dir),
+    ]
 
 
 def run_point(
@@ -95,20 +103,30 @@ def run_point(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "status.json").unlink(missing_ok=True)
     (run_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
-    launch = {"cache_dir": str(cache_dir), "threads": threads, "master_port": _free_port(),
-              "mlflow_uri": mlflow_uri, "mlflow_run_id": mlflow_run_id, "launcher_pid": os.getpid()}  # fmt: skip
+    launch = {
+        "cache_dir": str(cache_dir),
+        "threads": threads,
+        "master_port": _free_port(),
+        "mlflow_uri": mlflow_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "launcher_pid": os.getpid(),
+    }
     (run_dir / "launch.json").write_text(json.dumps(launch, indent=1))
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
+    }
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     # DeepSpeed JIT-builds a communication op on first use. Keep the build inside this environment:
     # in the shared ~/.cache two checkouts invalidate each other's build and rebuild it (~40 s) per run.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     t0 = time.time()
     with open(run_dir / "train.log", "ab") as logf:
-        proc = subprocess.Popen(_command(spec, run_dir), cwd=root, env=env, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            _command(spec, run_dir), cwd=root, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
         with _live_lock:
             _live[proc.pid] = proc
         try:

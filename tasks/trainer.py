@@ -110,8 +110,11 @@ def evaluate(engine, val, spec: RunSpec, autocast, spans=None) -> float:
     """Mean validation loss; `spans`, the val stream's interval index where it has one, keeps windows inside them."""
     engine.eval()
     total, n = 0.0, 0
-    batches = (val_batches(val, spec.seq_len, spec.micro_batch_size, spec.val_tokens) if spans is None else
-               val_windows(val, spans, spec.seq_len, spec.micro_batch_size, spec.val_tokens))  # fmt: skip
+    batches = (
+        val_batches(val, spec.seq_len, spec.micro_batch_size, spec.val_tokens)
+        if spans is None
+        else val_windows(val, spans, spec.seq_len, spec.micro_batch_size, spec.val_tokens)
+    )
     for x, y in batches:
         with autocast:
             logits = engine(x)
@@ -173,8 +176,10 @@ def main(run_dir: Path) -> int:
     cache = TokenCache.open(Path(launch["cache_dir"]))
     train, val = cache.train_tokens(), cache.val_tokens()
     train_spans, val_spans = read_intervals(cache.dir, "train"), read_intervals(cache.dir, "val")
-    curve = CurveLog(run_dir / "curve", {k: getattr(spec, k) for k in
-                     ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")})  # fmt: skip
+    curve = CurveLog(
+        run_dir / "curve",
+        {k: getattr(spec, k) for k in ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")},
+    )
     ckpts = Checkpoints(run_dir / "ckpt")
     # MLflow from a background thread: a slow or dead tracking store never holds up a step.
     sender = None
@@ -186,8 +191,12 @@ def main(run_dir: Path) -> int:
 
     if rank == 0:
         paths = ", ".join(f"{op} {impl}" for op, impl in impls.items())
-        print(f"{spec.name}: {world} rank(s) on {device}, ZeRO stage {spec.zero_stage}, {spec.precision}; "
-              f"kernels: {paths}", flush=True)  # fmt: skip
+        print(
+            f"{spec.name}: {world} rank(s) on {device}, ZeRO stage {spec.zero_stage}, {spec.precision}; "
+            f"kernels: {paths}",
+            flush=True,
+        )
+
     def data_position(step: int) -> dict:
         # The batches are a function of these alone, so a resume from them sees the same tokens.
         loader = "random windows" if train_spans is None else "interval windows"
@@ -256,8 +265,16 @@ def main(run_dir: Path) -> int:
             break
         if done % spec.checkpoint_interval == 0 and not last:
             rows = curve.flush() if rank == 0 else []
-            ckpts.save(engine, done, {"step": done, "wall_s": wall_before + time.time() - t0,
-                                      "rng": torch.get_rng_state(), "data": data_position(done)})  # fmt: skip
+            ckpts.save(
+                engine,
+                done,
+                {
+                    "step": done,
+                    "wall_s": wall_before + time.time() - t0,
+                    "rng": torch.get_rng_state(),
+                    "data": data_position(done),
+                },
+            )
             if sender:
                 sender.send(rows)
 

@@ -12,29 +12,29 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def tiny_sweep(tmp_path: Path, **extra) -> Path:
     """A sweep small enough for tests: the sample corpus, 2 sizes, seconds per run."""
     text = f"""
-name: {extra.pop('name', 'tiny')}
+name: {extra.pop("name", "tiny")}
 data:
   source: sample
-  path: {tmp_path / 'corpus'}
+  path: {tmp_path / "corpus"}
   tokenizer: bpe:320
   seq_len: 32
   val_tokens: 4096
   sample_bytes: 400000
-architectures: {extra.pop('archs', '[transformer++]')}
+architectures: {extra.pop("archs", "[transformer++]")}
 ladder: tiny
-sizes: {extra.pop('sizes', '[t1, t2]')}
+sizes: {extra.pop("sizes", "[t1, t2]")}
 tokens:
   per_param: 1
-  multipliers: {extra.pop('multipliers', '[0.5]')}
+  multipliers: {extra.pop("multipliers", "[0.5]")}
 lr:
-  values: {extra.pop('lrs', '[3.0e-3]')}
+  values: {extra.pop("lrs", "[3.0e-3]")}
 train:
   batch_tokens: 1024
-  eval_interval: {extra.pop('eval_interval', 20)}
-  checkpoint_interval: {extra.pop('checkpoint_interval', 20)}
+  eval_interval: {extra.pop("eval_interval", 20)}
+  checkpoint_interval: {extra.pop("checkpoint_interval", 20)}
   log_interval: 5
 resources:
-  concurrency: {extra.pop('concurrency', 2)}
+  concurrency: {extra.pop("concurrency", 2)}
   threads_per_rank: 1
   flops_per_s: 1.0e+9
 fit:
@@ -49,15 +49,26 @@ fit:
 def scaling(*args, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
     """The `scaling` command as a user runs it."""
     exe = Path(sys.executable).with_name("scaling")
-    proc = subprocess.run([str(exe), *map(str, args)], cwd=ROOT, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [str(exe), *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"scaling {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"scaling {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
 @pytest.fixture
 def prefect_env(tmp_path):
     """An isolated Prefect home, so tests neither see nor leave flow runs of their own."""
-    return {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    return {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }

@@ -121,8 +121,16 @@ class _CpuScan(torch.autograd.Function):
             lib.scan_backward(*shared, *own, r0, r1, d, L, n, CHUNK)
 
         _in_threads(rows, ranges)
-        grads = [grad_u, grad_delta, grad_A.sum(0), grad_Bt.sum(0).transpose(1, 2), grad_Ct.sum(0).transpose(1, 2),
-                 None if D is None else grad_D.sum(0), grad_z, None if delta_bias is None else grad_bias.sum(0)]  # fmt: skip
+        grads = [
+            grad_u,
+            grad_delta,
+            grad_A.sum(0),
+            grad_Bt.sum(0).transpose(1, 2),
+            grad_Ct.sum(0).transpose(1, 2),
+            None if D is None else grad_D.sum(0),
+            grad_z,
+            None if delta_bias is None else grad_bias.sum(0),
+        ]
         return (*(None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)), None)
 
 

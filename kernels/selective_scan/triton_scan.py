@@ -77,11 +77,28 @@ if triton is not None:
 
     @triton.jit
     def _scan_forward_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, starts_ptr,
-        d_inner, L, d_state,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        SAVE_STARTS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_T: tl.constexpr,
-    ):  # fmt: skip
+        u_ptr,
+        delta_ptr,
+        A_ptr,
+        B_ptr,
+        C_ptr,
+        D_ptr,
+        z_ptr,
+        bias_ptr,
+        out_ptr,
+        starts_ptr,
+        d_inner,
+        L,
+        d_state,
+        HAS_D: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+        SAVE_STARTS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        CHUNK_T: tl.constexpr,
+    ):
         batch = tl.program_id(0)
         chan = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
         state = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -126,12 +143,36 @@ if triton is not None:
 
     @triton.jit
     def _scan_backward_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, starts_ptr, grad_ptr, scratch_ptr,
-        du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-        d_inner, L, d_state,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_T: tl.constexpr,
-    ):  # fmt: skip
+        u_ptr,
+        delta_ptr,
+        A_ptr,
+        B_ptr,
+        C_ptr,
+        D_ptr,
+        z_ptr,
+        bias_ptr,
+        starts_ptr,
+        grad_ptr,
+        scratch_ptr,
+        du_ptr,
+        ddelta_ptr,
+        dz_ptr,
+        dA_ptr,
+        dD_ptr,
+        dbias_ptr,
+        dB_ptr,
+        dC_ptr,
+        d_inner,
+        L,
+        d_state,
+        HAS_D: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        CHUNK_T: tl.constexpr,
+    ):
         batch, block, n_blocks = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
         lane = tl.arange(0, BLOCK_D)
         chan = block * BLOCK_D + lane  # (BLOCK_D,)
@@ -240,14 +281,29 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_starts):
     starts = u.new_empty(b, d, triton.cdiv(L, CHUNK_T), n, dtype=torch.float32) if save_starts else None
     absent = u  # a valid pointer for inputs the constexpr flags switch off
     _scan_forward_kernel[(b, triton.cdiv(d, BLOCK_D))](
-        u, delta, A.float().contiguous(), B, C,
-        absent if D is None else D.contiguous(), absent if z is None else z,
-        absent if delta_bias is None else delta_bias.contiguous(), out, absent if starts is None else starts,
-        d, L, n,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        SAVE_STARTS=save_starts, BLOCK_D=BLOCK_D, BLOCK_N=triton.next_power_of_2(n), CHUNK_T=CHUNK_T,
+        u,
+        delta,
+        A.float().contiguous(),
+        B,
+        C,
+        absent if D is None else D.contiguous(),
+        absent if z is None else z,
+        absent if delta_bias is None else delta_bias.contiguous(),
+        out,
+        absent if starts is None else starts,
+        d,
+        L,
+        n,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus,
+        SAVE_STARTS=save_starts,
+        BLOCK_D=BLOCK_D,
+        BLOCK_N=triton.next_power_of_2(n),
+        CHUNK_T=CHUNK_T,
         enable_fp_fusion=FP_FUSION,
-    )  # fmt: skip
+    )
     return out, starts
 
 
@@ -266,15 +322,37 @@ def _backward(grad_out, u, delta, A, B, C, D, z, delta_bias, starts, delta_softp
     dB, dC = torch.empty(2, b, blocks, L, n, **f32)
     absent = u  # as in the forward
     _scan_backward_kernel[(b, blocks)](
-        u, delta, A.float().contiguous(), B, C,
-        absent if D is None else D.contiguous(), absent if z is None else z,
-        absent if delta_bias is None else delta_bias.contiguous(), starts, grad_out.contiguous(), scratch,
-        du, ddelta, absent if dz is None else dz, dA, absent if dD is None else dD,
-        absent if dbias is None else dbias, dB, dC,
-        d, L, n,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        BLOCK_D=BLOCK_D, BLOCK_N=block_n, CHUNK_T=CHUNK_T, enable_fp_fusion=FP_FUSION,
-    )  # fmt: skip
+        u,
+        delta,
+        A.float().contiguous(),
+        B,
+        C,
+        absent if D is None else D.contiguous(),
+        absent if z is None else z,
+        absent if delta_bias is None else delta_bias.contiguous(),
+        starts,
+        grad_out.contiguous(),
+        scratch,
+        du,
+        ddelta,
+        absent if dz is None else dz,
+        dA,
+        absent if dD is None else dD,
+        absent if dbias is None else dbias,
+        dB,
+        dC,
+        d,
+        L,
+        n,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus,
+        BLOCK_D=BLOCK_D,
+        BLOCK_N=block_n,
+        CHUNK_T=CHUNK_T,
+        enable_fp_fusion=FP_FUSION,
+    )
     return (
         du,
         ddelta,

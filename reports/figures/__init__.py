@@ -29,26 +29,53 @@ class FigureSpec(NamedTuple):
 
 
 FIGURES = (
-    FigureSpec("loss_vs_flops", "Final validation loss and perplexity vs training compute: the frontier power law "
-               "L = a·C^-b per architecture (filled points: the frontier it was fitted to) with its 95% bootstrap "
-               "band, extrapolated one decade (dashed).", lambda runs, curves, fits: loss_vs_flops(runs, fits)),
-    FigureSpec("isoflop", "IsoFLOP profiles (Chinchilla approach 2): loss vs parameters at each compute budget, "
-               "the fitted parabola in log N and its minimum with the 95% interval of N_opt.",
-               lambda runs, curves, fits: isoflop_profiles(runs, fits)),
-    FigureSpec("loss_contours", "The fitted L(N, D) = E + A/N^α + B/D^β (Chinchilla approach 3) as iso-loss contours, "
-               "with the compute-optimal line and the fitted runs coloured by their observed loss.",
-               lambda runs, curves, fits: loss_contours(runs, fits)),
-    FigureSpec("allocation", "Compute-optimal parameters N_opt and tokens D_opt vs compute by the three approaches, "
-               "with the points each went through and 95% intervals at the budgets.",
-               lambda runs, curves, fits: allocation(runs, fits)),
-    FigureSpec("loss_vs_lr", "Final validation loss vs peak learning rate per (N, D), coloured by size, with the "
-               "fitted optimum (star, 95% interval).", lambda runs, curves, fits: loss_vs_lr(runs, fits)),
-    FigureSpec("loss_curves", "Training (top) and validation (bottom) loss vs tokens seen, coloured by size.",
-               lambda runs, curves, fits: loss_curves(runs, curves)),
-    FigureSpec("residuals", "Residuals of every fit: observed / fitted − 1 at each point it went through.",
-               lambda runs, curves, fits: residuals(runs, fits)),
-    FigureSpec("held_out", "Held-out check: the laws refitted without the largest compute scale, predicting it "
-               "(95% intervals), beside L(N, D)'s in-sample points.", lambda runs, curves, fits: held_out(runs, fits)),
-)  # fmt: skip
+    FigureSpec(
+        "loss_vs_flops",
+        "Final validation loss and perplexity vs training compute: the frontier power law "
+        "L = a·C^-b per architecture (filled points: the frontier it was fitted to) with its 95% bootstrap "
+        "band, extrapolated one decade (dashed).",
+        lambda runs, curves, fits: loss_vs_flops(runs, fits),
+    ),
+    FigureSpec(
+        "isoflop",
+        "IsoFLOP profiles (Chinchilla approach 2): loss vs parameters at each compute budget, "
+        "the fitted parabola in log N and its minimum with the 95% interval of N_opt.",
+        lambda runs, curves, fits: isoflop_profiles(runs, fits),
+    ),
+    FigureSpec(
+        "loss_contours",
+        "The fitted L(N, D) = E + A/N^α + B/D^β (Chinchilla approach 3) as iso-loss contours, "
+        "with the compute-optimal line and the fitted runs coloured by their observed loss.",
+        lambda runs, curves, fits: loss_contours(runs, fits),
+    ),
+    FigureSpec(
+        "allocation",
+        "Compute-optimal parameters N_opt and tokens D_opt vs compute by the three approaches, "
+        "with the points each went through and 95% intervals at the budgets.",
+        lambda runs, curves, fits: allocation(runs, fits),
+    ),
+    FigureSpec(
+        "loss_vs_lr",
+        "Final validation loss vs peak learning rate per (N, D), coloured by size, with the "
+        "fitted optimum (star, 95% interval).",
+        lambda runs, curves, fits: loss_vs_lr(runs, fits),
+    ),
+    FigureSpec(
+        "loss_curves",
+        "Training (top) and validation (bottom) loss vs tokens seen, coloured by size.",
+        lambda runs, curves, fits: loss_curves(runs, curves),
+    ),
+    FigureSpec(
+        "residuals",
+        "Residuals of every fit: observed / fitted − 1 at each point it went through.",
+        lambda runs, curves, fits: residuals(runs, fits),
+    ),
+    FigureSpec(
+        "held_out",
+        "Held-out check: the laws refitted without the largest compute scale, predicting it "
+        "(95% intervals), beside L(N, D)'s in-sample points.",
+        lambda runs, curves, fits: held_out(runs, fits),
+    ),
+)
 
 __all__ = ["FIGURES", "FigureSpec"]

@@ -72,8 +72,10 @@ def residuals(runs: pd.DataFrame, fits: dict) -> Figure:
         ax.set(title=title, xlabel=xlabel, ylabel="observed / fitted − 1 (%)")
     legend_ax = grid[1, 2]
     legend_ax.set_axis_off()
-    handles = [Line2D([], [], color=palette.color(s), marker=palette.marker(s), linestyle="none", label=s)
-               for s in palette.series]  # fmt: skip
+    handles = [
+        Line2D([], [], color=palette.color(s), marker=palette.marker(s), linestyle="none", label=s)
+        for s in palette.series
+    ]
     handles += [Line2D([], [], linestyle="none", label=wrap(f"not fitted: {s}", 60)) for s in skipped]
     legend_ax.legend(handles=handles, loc="upper left", fontsize="x-small", frameon=False)
     return fig
@@ -103,15 +105,30 @@ def held_out(runs: pd.DataFrame, fits: dict) -> Figure:
             for p in par["points"]:
                 pred = p["predicted"]
                 ax.errorbar(value(pred), p["observed"], xerr=error_bar(pred), color=color, marker=marker, capsize=3)
-                ax_err.errorbar(p["n_params"], 100 * value(p["relative_error"]), yerr=_pct(p["relative_error"]),
-                                color=color, marker=marker, capsize=3, linestyle="none")  # fmt: skip
+                ax_err.errorbar(
+                    p["n_params"],
+                    100 * value(p["relative_error"]),
+                    yerr=_pct(p["relative_error"]),
+                    color=color,
+                    marker=marker,
+                    capsize=3,
+                    linestyle="none",
+                )
                 shown += [value(pred), p["observed"]]
             notes.append(f"L(N, D) mean |error| {_percent(par['mean_abs_relative_error'])}")
         else:
             notes.append(f"L(N, D): {par['reason']}")
         if law["status"] == "ok":
-            ax.errorbar(value(law["predicted"]), law["observed"], xerr=error_bar(law["predicted"]), color=color,
-                        marker="d", markersize=9, markeredgecolor="black", capsize=3)  # fmt: skip
+            ax.errorbar(
+                value(law["predicted"]),
+                law["observed"],
+                xerr=error_bar(law["predicted"]),
+                color=color,
+                marker="d",
+                markersize=9,
+                markeredgecolor="black",
+                capsize=3,
+            )
             shown += [value(law["predicted"]), law["observed"]]
             notes.append(f"L(C) error {_percent(law['relative_error'])}")
         else:
@@ -122,8 +139,11 @@ def held_out(runs: pd.DataFrame, fits: dict) -> Figure:
         lo, hi = min(shown), max(shown)
         pad = 0.05 * (hi - lo or hi)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linewidth=0.8, linestyle="--")
-    ax.set(xlabel="predicted final loss", ylabel="observed final validation loss",
-           title="Predicted vs observed (filled: held out)")  # fmt: skip
+    ax.set(
+        xlabel="predicted final loss",
+        ylabel="observed final validation loss",
+        title="Predicted vs observed (filled: held out)",
+    )
     ax.grid(True, alpha=0.2)
     ax_err.axhline(0, color="black", linewidth=0.8)
     log_axes(ax_err, y=False)
@@ -133,9 +153,16 @@ def held_out(runs: pd.DataFrame, fits: dict) -> Figure:
     handles += [
         Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="none", label="L(N, D), in sample"),
         Line2D([], [], color="grey", marker="o", linestyle="none", label="L(N, D), held out (95%)"),
-        Line2D([], [], color="grey", marker="d", markeredgecolor="black", linestyle="none",
-               label="loss-vs-compute law, best held-out run"),
-    ]  # fmt: skip
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="d",
+            markeredgecolor="black",
+            linestyle="none",
+            label="loss-vs-compute law, best held-out run",
+        ),
+    ]
     fig.legend(handles=handles, loc="outside right upper", fontsize="small")
     return fig
 

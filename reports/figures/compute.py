@@ -27,8 +27,11 @@ from reports.figures.style import (
 from reports.numbers import fmt
 
 EXTRAPOLATE = 10.0  # the laws are drawn one decade of compute past the largest run
-APPROACHES = (("approach1", "approach 1 (frontier)", ":"), ("approach2", "approach 2 (IsoFLOP)", "--"),
-              ("parametric", "approach 3 (L(N, D))", "-"))  # fmt: skip
+APPROACHES = (
+    ("approach1", "approach 1 (frontier)", ":"),
+    ("approach2", "approach 2 (IsoFLOP)", "--"),
+    ("parametric", "approach 3 (L(N, D))", "-"),
+)
 
 
 def loss_vs_flops(runs: pd.DataFrame, fits: dict) -> Figure:
@@ -46,8 +49,14 @@ def loss_vs_flops(runs: pd.DataFrame, fits: dict) -> Figure:
         front = runs["run_id"].astype(str).isin({str(p["run_id"]) for p in (fit or {}).get("points", [])}) & mine
         for ax, to_y in zip(axes[0], (np.asarray, np.exp)):
             hollow = mine & done & ~front
-            ax.scatter(flops[hollow], to_y(runs["val_loss"][hollow]), facecolors="none", edgecolors=color,
-                       marker=marker, alpha=0.6)  # fmt: skip
+            ax.scatter(
+                flops[hollow],
+                to_y(runs["val_loss"][hollow]),
+                facecolors="none",
+                edgecolors=color,
+                marker=marker,
+                alpha=0.6,
+            )
             ax.scatter(flops[front], to_y(runs["val_loss"][front]), color=color, marker=marker, zorder=3)
             on_top_edge(ax, flops[mine & ~done], color)
             if fit:
@@ -56,8 +65,16 @@ def loss_vs_flops(runs: pd.DataFrame, fits: dict) -> Figure:
             a, b = value(fit["params"]["a"]), value(fit["params"]["b"])
             handles.append(Line2D([], [], color=color, marker=marker, label=f"{series}: L = {fmt(a)} · C^-{fmt(b)}"))
         else:
-            handles.append(Line2D([], [], color=color, marker=marker, linestyle="none",
-                                  label=wrap(f"{series}: not fitted ({reason})", 45)))  # fmt: skip
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=color,
+                    marker=marker,
+                    linestyle="none",
+                    label=wrap(f"{series}: not fitted ({reason})", 45),
+                )
+            )
     for ax, label in zip(axes[0], ("final validation loss", "perplexity")):
         log_axes(ax)
         plain_log_ticks(ax.yaxis)
@@ -91,8 +108,9 @@ def _draw_law(ax, fit: dict, color, to_y) -> None:
         if pred["flops"] <= top * EXTRAPOLATE:
             loss = pred["loss"]
             shown = {k: None if loss.get(k) is None else float(to_y(loss[k])) for k in ("value", "lo", "hi")}
-            ax.errorbar(pred["flops"], shown["value"], yerr=error_bar(shown), color=color, marker="d", capsize=3,
-                        zorder=4)  # fmt: skip
+            ax.errorbar(
+                pred["flops"], shown["value"], yerr=error_bar(shown), color=color, marker="d", capsize=3, zorder=4
+            )
 
 
 def allocation(runs: pd.DataFrame, fits: dict) -> Figure:
@@ -124,8 +142,16 @@ def allocation(runs: pd.DataFrame, fits: dict) -> Figure:
             ax_d.plot(grid, grid / (6 * n_line), color=color, linestyle=style)
             for pred in fit.get("predictions", []):
                 for ax, key in ((ax_n, "n_opt"), (ax_d, "d_opt")):
-                    ax.errorbar(pred["flops"], value(pred[key]), yerr=error_bar(pred[key]), color=color, marker="d",
-                                markersize=5, capsize=3, linestyle="none")  # fmt: skip
+                    ax.errorbar(
+                        pred["flops"],
+                        value(pred[key]),
+                        yerr=error_bar(pred[key]),
+                        color=color,
+                        marker="d",
+                        markersize=5,
+                        capsize=3,
+                        linestyle="none",
+                    )
         _observed_optima(ax_n, ax_d, fits, series, color)
         if drawn:
             handles.append(Line2D([], [], color=color, label=series))
@@ -136,11 +162,12 @@ def allocation(runs: pd.DataFrame, fits: dict) -> Figure:
     ax_d.set_title("D_opt = C / (6 N_opt)")
     handles += [Line2D([], [], color="grey", linestyle=style, label=name) for _, name, style in APPROACHES]
     handles += [
-        Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="none",
-               label="approach 1: frontier run"),
+        Line2D(
+            [], [], color="grey", marker="o", markerfacecolor="none", linestyle="none", label="approach 1: frontier run"
+        ),
         Line2D([], [], color="grey", marker="s", linestyle="none", label="approach 2: parabola minimum (95%)"),
         Line2D([], [], color="grey", marker="d", linestyle="none", label="prediction at a budget (95%)"),
-    ]  # fmt: skip
+    ]
     handles += [Line2D([], [], linestyle="none", label=wrap(f"not fitted: {s}", 50)) for s in skipped]
     if not any(fit_entry(fits, kind, s)[0] for s in palette.series for kind, _, _ in APPROACHES):
         ax_n.text(0.5, 0.5, "no compute-optimal allocation was fitted", ha="center", transform=ax_n.transAxes)

@@ -93,11 +93,28 @@ def loss_vs_lr(runs: pd.DataFrame, fits: dict) -> Figure:
             on_top_edge(ax, point.loc[~done[point.index], "lr"], color)
             opt = optima.get((float(n_params), float(tokens)))
             if opt:
-                ax.errorbar(value(opt["lr_opt"]), value(opt["loss_opt"]), xerr=error_bar(opt["lr_opt"]), color=color,
-                            marker="*", markersize=13, markeredgecolor="black", capsize=2, zorder=4)  # fmt: skip
+                ax.errorbar(
+                    value(opt["lr_opt"]),
+                    value(opt["loss_opt"]),
+                    xerr=error_bar(opt["lr_opt"]),
+                    color=color,
+                    marker="*",
+                    markersize=13,
+                    markeredgecolor="black",
+                    capsize=2,
+                    zorder=4,
+                )
             elif len(mean):
-                ax.plot(mean.idxmin(), mean.min(), marker="o", markersize=11, markerfacecolor="none",
-                        markeredgecolor="black", linestyle="none", zorder=4)  # fmt: skip
+                ax.plot(
+                    mean.idxmin(),
+                    mean.min(),
+                    marker="o",
+                    markersize=11,
+                    markerfacecolor="none",
+                    markeredgecolor="black",
+                    linestyle="none",
+                    zorder=4,
+                )
         law = (fit or {}).get("power_law", {})
         title = series
         if law.get("status") == "ok":
@@ -112,11 +129,27 @@ def loss_vs_lr(runs: pd.DataFrame, fits: dict) -> Figure:
     plain_log_ticks(axes[0].yaxis)
     fig.colorbar(ScalarMappable(norm=palette.sizes, cmap=SIZE_CMAP), ax=list(axes), label="parameters N")
     handles = [
-        Line2D([], [], color="grey", marker="*", markersize=11, markeredgecolor="black", linestyle="none",
-               label="fitted optimum (95%)"),
-        Line2D([], [], color="black", marker="o", markersize=9, markerfacecolor="none", linestyle="none",
-               label="best run (no fit)"),
-    ]  # fmt: skip
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="*",
+            markersize=11,
+            markeredgecolor="black",
+            linestyle="none",
+            label="fitted optimum (95%)",
+        ),
+        Line2D(
+            [],
+            [],
+            color="black",
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
+            linestyle="none",
+            label="best run (no fit)",
+        ),
+    ]
     if (~done).any():
         handles.append(Line2D([], [], color="grey", **NOT_DONE, label=not_done_label(runs, done)))
     fig.legend(handles=handles, loc="outside right upper", fontsize="small")

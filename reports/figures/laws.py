@@ -53,8 +53,11 @@ def isoflop_profiles(runs: pd.DataFrame, fits: dict) -> Figure:
         mine = runs[labels == series]
         dropped = []
         for profile in profiles:
-            points = (mine[mine["run_id"].astype(str).isin(map(str, profile["run_ids"])) & completed(mine)]
-                      .groupby("n_params")["val_loss"].mean())  # fmt: skip
+            points = (
+                mine[mine["run_id"].astype(str).isin(map(str, profile["run_ids"])) & completed(mine)]
+                .groupby("n_params")["val_loss"]
+                .mean()
+            )
             color = BUDGET_CMAP(norm(profile["flops"]))
             if profile["status"] != "ok":
                 ax.plot(points.index, points.values, color=color, marker="o", markerfacecolor="none", linestyle=":")
@@ -65,8 +68,17 @@ def isoflop_profiles(runs: pd.DataFrame, fits: dict) -> Figure:
             coef = np.polyfit(np.log(points.index.to_numpy(float)), points.to_numpy(float), 2)
             grid = np.geomspace(points.index.min() / 1.3, points.index.max() * 1.3, 60)
             ax.plot(grid, np.polyval(coef, np.log(grid)), color=color, linewidth=1.2)
-            ax.errorbar(value(profile["n_opt"]), value(profile["loss_min"]), xerr=error_bar(profile["n_opt"]), color=color,
-                        marker="*", markersize=12, markeredgecolor="black", capsize=2, zorder=4)  # fmt: skip
+            ax.errorbar(
+                value(profile["n_opt"]),
+                value(profile["loss_min"]),
+                xerr=error_bar(profile["n_opt"]),
+                color=color,
+                marker="*",
+                markersize=12,
+                markeredgecolor="black",
+                capsize=2,
+                zorder=4,
+            )
         if entry.get("status") != "ok":
             dropped.insert(0, f"no power law of the minima: {entry['reason']}")
         log_axes(ax)
@@ -76,10 +88,18 @@ def isoflop_profiles(runs: pd.DataFrame, fits: dict) -> Figure:
     plain_log_ticks(axes[0].yaxis)
     fig.colorbar(ScalarMappable(norm=norm, cmap=BUDGET_CMAP), ax=list(axes), label="compute budget C (FLOPs)")
     handles = [
-        Line2D([], [], color="grey", marker="*", markersize=11, markeredgecolor="black", linestyle="none",
-               label="minimum, N_opt (95%)"),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="*",
+            markersize=11,
+            markeredgecolor="black",
+            linestyle="none",
+            label="minimum, N_opt (95%)",
+        ),
         Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle=":", label="budget dropped"),
-    ]  # fmt: skip
+    ]
     axes[-1].legend(handles=handles, fontsize="small", loc="upper right")
     return fig
 
@@ -102,8 +122,16 @@ def loss_contours(runs: pd.DataFrame, fits: dict) -> Figure:
         fit, reason = fit_entry(fits, "parametric", series)
         if not fit:
             ax.scatter(mine["n_params"], mine["tokens"], color="grey", s=12)
-            ax.text(0.5, 0.5, wrap(f"L(N, D) not fitted: {reason}", 40), ha="center", va="center",
-                    transform=ax.transAxes, fontsize="small", color="#555555")  # fmt: skip
+            ax.text(
+                0.5,
+                0.5,
+                wrap(f"L(N, D) not fitted: {reason}", 40),
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize="small",
+                color="#555555",
+            )
             log_axes(ax)
             ax.set(xlabel="parameters N", ylabel="tokens D")
             continue
@@ -127,8 +155,16 @@ def loss_contours(runs: pd.DataFrame, fits: dict) -> Figure:
         ):
             ax.plot(n_grid, c / (6 * n_grid), color="grey", linewidth=0.6, linestyle=":")
         ax.plot(n_line, d_line, color="black", linewidth=1.8)
-        ax.scatter(pts_n, pts_d, c=[q["val_loss"] for q in fit["points"]], cmap=LOSS_CMAP, norm=norm,
-                   edgecolors="black", s=30, zorder=3)  # fmt: skip
+        ax.scatter(
+            pts_n,
+            pts_d,
+            c=[q["val_loss"] for q in fit["points"]],
+            cmap=LOSS_CMAP,
+            norm=norm,
+            edgecolors="black",
+            s=30,
+            zorder=3,
+        )
         ax.set(xlim=(n_grid[0], n_grid[-1]), ylim=(d_grid[0], d_grid[-1]))
         log_axes(ax)
         ax.set(xlabel="parameters N", ylabel="tokens D")

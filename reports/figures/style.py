@@ -156,9 +156,17 @@ def footnote(ax: Axes, lines: list[str]) -> None:
     """Why something is missing from a panel, in small print under its x label (not over its data);
     constrained layout makes room for it."""
     if lines:
-        ax.annotate("\n".join(wrap(line, 60) for line in lines), xy=(0.5, 0.0), xycoords=ax.xaxis.label,
-                    xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize="x-small",
-                    color=NOTE["color"])  # fmt: skip
+        ax.annotate(
+            "\n".join(wrap(line, 60) for line in lines),
+            xy=(0.5, 0.0),
+            xycoords=ax.xaxis.label,
+            xytext=(0, -4),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize="x-small",
+            color=NOTE["color"],
+        )
 
 
 def fit_entry(fits: dict, kind: str, series: str) -> tuple[dict | None, str | None]:

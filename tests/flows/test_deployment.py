@@ -17,9 +17,19 @@ import pytest
 from tests.conftest import ROOT
 from tests.flows.test_resume import trainer_pids
 
-TINY = {"data.tokenizer": "bpe:320", "data.seq_len": 32, "data.val_tokens": 4096, "data.sample_bytes": 400000,
-        "sizes": ["t1", "t2"], "tokens.per_param": 1, "tokens.multipliers": [0.5], "lr.values": [3.0e-3],
-        "train.batch_tokens": 1024, "train.eval_interval": 20, "resources.threads_per_rank": 1}  # fmt: skip
+TINY = {
+    "data.tokenizer": "bpe:320",
+    "data.seq_len": 32,
+    "data.val_tokens": 4096,
+    "data.sample_bytes": 400000,
+    "sizes": ["t1", "t2"],
+    "tokens.per_param": 1,
+    "tokens.multipliers": [0.5],
+    "lr.values": [3.0e-3],
+    "train.batch_tokens": 1024,
+    "train.eval_interval": 20,
+    "resources.threads_per_rank": 1,
+}
 
 
 def free_port() -> int:
@@ -31,12 +41,24 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SCALING_OUTPUT": str(tmp_path / "out")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "SCALING_OUTPUT": str(tmp_path / "out"),
+    }
     bin_dir = Path(sys.executable).parent
-    procs = [subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
     try:
         deadline = time.time() + 120
         while True:
@@ -48,17 +70,25 @@ def server(tmp_path):
                 time.sleep(1)
 
         def prefect(*args, check=True, timeout=600):
-            p = subprocess.run([str(bin_dir / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                               timeout=timeout)  # fmt: skip
+            p = subprocess.run(
+                [str(bin_dir / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+            )
             if check and p.returncode:
                 pytest.fail(f"prefect {' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
             return p
 
         prefect("work-pool", "create", "local", "--type", "process")
         prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-        procs.append(subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "local"], env=env,
-                                      cwd=ROOT, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
-                                      start_new_session=True))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [str(bin_dir / "prefect"), "worker", "start", "--pool", "local"],
+                env=env,
+                cwd=ROOT,
+                stdout=open(tmp_path / "worker.log", "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         yield prefect, tmp_path / "out"
     finally:
         for p in procs:
@@ -77,8 +107,16 @@ def flow_run_id(output: str) -> str:
 @pytest.mark.slow
 def test_deployments_sample_runs_pile_fails_fast_and_cancel_stops_training(server):
     prefect, out = server
-    run = prefect("deployment", "run", "scaling-sweep/sample", "--param", f"overrides={json.dumps(TINY)}",
-                  "--watch", "--watch-timeout", "600")  # fmt: skip
+    run = prefect(
+        "deployment",
+        "run",
+        "scaling-sweep/sample",
+        "--param",
+        f"overrides={json.dumps(TINY)}",
+        "--watch",
+        "--watch-timeout",
+        "600",
+    )
     assert "Completed" in run.stdout, run.stdout[-3000:]
     runs = pq.read_table(out / "sweeps" / "sample" / "runs.parquet").to_pandas()
     assert len(runs) == 2 and set(runs.status) == {"completed"}

@@ -32,12 +32,18 @@ def completed_checkpoints(out: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_env):
-    sweep = tiny_sweep(tmp_path, sizes="[t2]", multipliers="[2.0]", checkpoint_interval=10, eval_interval=10,
-                       concurrency=1)  # fmt: skip
+    sweep = tiny_sweep(
+        tmp_path, sizes="[t2]", multipliers="[2.0]", checkpoint_interval=10, eval_interval=10, concurrency=1
+    )
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("scaling")
-    proc = subprocess.Popen([str(exe), "run", str(sweep), "--output", str(out)], cwd=ROOT,
-                            env={**os.environ, **prefect_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "run", str(sweep), "--output", str(out)],
+        cwd=ROOT,
+        env={**os.environ, **prefect_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 300
     while max(completed_checkpoints(out), default=0) < 30:
         assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 30 in time"
@@ -74,8 +80,12 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_e
     states = ckpt / "mp_rank_00_model_states.pt"
     state = torch.load(states, weights_only=False)
     step = int(ckpt.name[4:])
-    assert state["data"] == {"cache_key": state["data"]["cache_key"], "loader": "random windows", "seed": 0,
-                             "next_step": step}  # fmt: skip
+    assert state["data"] == {
+        "cache_key": state["data"]["cache_key"],
+        "loader": "random windows",
+        "seed": 0,
+        "next_step": step,
+    }
     state["data"]["cache_key"] = "another corpus"
     torch.save(state, states)
     (run_dir / "status.json").unlink()

@@ -110,8 +110,17 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
 
 def test_two_ranks_through_torchrun_with_zero_stage_2(tmp_path, prefect_env):
     out = tmp_path / "out"
-    scaling("run", tiny_sweep(tmp_path, sizes="[t1]", concurrency=1), "--output", out,
-            "--set", "resources.ranks_per_run=2", "--set", "train.zero_stage=2", env=prefect_env)  # fmt: skip
+    scaling(
+        "run",
+        tiny_sweep(tmp_path, sizes="[t1]", concurrency=1),
+        "--output",
+        out,
+        "--set",
+        "resources.ranks_per_run=2",
+        "--set",
+        "train.zero_stage=2",
+        env=prefect_env,
+    )
     runs = pq.read_table(out / "sweeps" / "tiny" / "runs.parquet").to_pandas()
     assert list(runs.status) == ["completed"] and runs.val_loss[0] < 5.7
     log = next(out.glob("runs/*/train.log")).read_text()

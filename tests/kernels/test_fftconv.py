@@ -5,8 +5,9 @@ from kernels.fftconv import ENV_VAR, fftconv, fftconv_fast, fftconv_impl, fftcon
 
 # Both paths compute in fp32 and round once, so they differ by summation order only: the FFT's
 # rounding grows like eps * log L relative to the output's scale (observed max errors at these
-# sizes: 1e-6 on outputs, 9e-6 on dh, whose entries sum B x L products and reach ~10). In bf16 the inputs are exact in fp32 and each path rounds its fp32 result
-# once (eps 2^-7 ~ 7.8e-3), so two results may sit one ulp apart: two ulps relative plus a floor.
+# sizes: 1e-6 on outputs, 9e-6 on dh, whose entries sum B x L products and reach ~10). In bf16 the
+# inputs are exact in fp32 and each path rounds its fp32 result once (eps 2^-7 ~ 7.8e-3), so two
+# results may sit one ulp apart: two ulps relative plus a floor.
 TOLERANCES = {
     torch.float32: dict(atol=1e-5, rtol=1e-4),
     torch.bfloat16: dict(atol=1e-2, rtol=1.6e-2),

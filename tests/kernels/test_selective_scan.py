@@ -66,8 +66,17 @@ def scan_inputs(L, dtype, b=2, d=6, n=5, seed=0):
 def _run(fn, inputs, grad_out, use):
     """Output and the gradients of all eight inputs (zeros for an option switched off)."""
     u, delta, A, B, C, D, z, delta_bias = inputs
-    out = fn(u, delta, A, B, C, D=D if use["D"] else None, z=z if use["z"] else None,
-             delta_bias=delta_bias if use["delta_bias"] else None, delta_softplus=use["delta_softplus"])  # fmt: skip
+    out = fn(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D if use["D"] else None,
+        z=z if use["z"] else None,
+        delta_bias=delta_bias if use["delta_bias"] else None,
+        delta_softplus=use["delta_softplus"],
+    )
     return (out, *torch.autograd.grad(out, inputs, grad_out, allow_unused=True, materialize_grads=True))
 
 
@@ -361,7 +370,14 @@ def test_triton_under_interpreter():
     # process may have imported it already, so the interpreted tests run in a fresh one.
     expected = len(TRITON_CASES) + 2 + 1  # the cases, two extreme decays, the memory test
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "test_triton"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1"}, check=False,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(rf"\b{expected} passed", proc.stdout), proc.stdout[-2000:]

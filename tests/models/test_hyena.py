@@ -66,8 +66,12 @@ def test_n_params_nonembed_closed_form(n_layer, d_model):
 # Mamba paper Table 12 with the GPT-2 vocabulary at 2048 tokens: Hyena layers, Hyena and GPT-3
 # Transformer parameters (M). Hyena lands 0.3-0.8% above: its filters outweigh the Transformer's
 # learned positions.
-PAPER_COUNTS = {"125m": (18, 126.2, 125.2), "350m": (36, 359.5, 355.9), "760m": (36, 764.4, 760.3),
-                "1.3b": (36, 1320.2, 1315.7)}  # fmt: skip
+PAPER_COUNTS = {
+    "125m": (18, 126.2, 125.2),
+    "350m": (36, 359.5, 355.9),
+    "760m": (36, 764.4, 760.3),
+    "1.3b": (36, 1320.2, 1315.7),
+}
 
 
 @pytest.mark.parametrize("size", LADDERS["paper"], ids=lambda s: s["name"])
@@ -81,8 +85,21 @@ def test_paper_ladder_matches_the_transformer(size):
     assert hyena.n_params() == pytest.approx(transformer.n_params(), rel=0.1)
 
 
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                         output_padding, groups, output_mask, out_shape=None, **kwargs):  # fmt: skip
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+):
     # Each gradient of a conv costs what its forward did: 2 x outputs x weights, per sample.
     assert not transposed
     forward = 2 * grad_out_shape[0] * math.prod(grad_out_shape[2:]) * math.prod(w_shape)
@@ -169,9 +186,17 @@ def test_init_weights_fills_a_meta_model():
 def test_no_weight_decay_names_the_filters():
     model = Hyena(tiny(n_layer=1))
     filter_params = {
-        "ffn.0.weight", "ffn.0.bias", "ffn.1.freq", "ffn.2.weight", "ffn.2.bias",
-        "ffn.4.weight", "ffn.4.bias", "ffn.6.weight", "pos_features", "D",
-    }  # fmt: skip
+        "ffn.0.weight",
+        "ffn.0.bias",
+        "ffn.1.freq",
+        "ffn.2.weight",
+        "ffn.2.bias",
+        "ffn.4.weight",
+        "ffn.4.bias",
+        "ffn.6.weight",
+        "pos_features",
+        "D",
+    }
     assert model.no_weight_decay() == {f"blocks.0.hyena.filter.{name}" for name in filter_params}
     assert model.no_weight_decay() <= dict(model.named_parameters()).keys()
 

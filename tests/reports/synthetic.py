@@ -38,8 +38,10 @@ def synthetic_sweep(
                     loss = E + gap + offset + A / n**ALPHA + B / d**BETA + 0.02 * np.log(lr / lr_opt) ** 2
                     loss *= np.exp(2e-3 * rng.standard_normal())
                     run_id = f"{arch}-{c:.0e}-{k}-{lr:.0e}"
-                    status = {f"mamba-1e+18-4-{lrs[-1]:.0e}": "diverged",
-                              f"transformer++-1e+15-0-{lrs[0]:.0e}": "failed"}.get(run_id, "completed")  # fmt: skip
+                    status = {
+                        f"mamba-1e+18-4-{lrs[-1]:.0e}": "diverged",
+                        f"transformer++-1e+15-0-{lrs[0]:.0e}": "failed",
+                    }.get(run_id, "completed")
                     runs.append(_run(name, run_id, arch, f"s{k}", n, d, lr, loss, status))
                     curves.append(_curve(name, run_id, arch, n, d, lr, loss, status))
     for k, n in enumerate((2e6, 8e6)):  # too few runs for any fit
@@ -53,13 +55,30 @@ def synthetic_sweep(
 def _run(sweep, run_id, arch, size, n, d, lr, loss, status) -> dict:
     done = status == "completed"
     return {
-        "sweep": sweep, "run_id": run_id, "name": f"{arch}-{size}-{d:.3g}-lr{lr:.0e}", "arch": arch, "size": size,
-        "n_layer": 2, "d_model": 64, "n_params": int(n), "n_params_nonembed": int(0.8 * n), "tokens": int(d),
-        "lr": lr, "seed": 0, "steps": STEPS, "batch_tokens": int(d / STEPS), "seq_len": 128, "flops": 6 * n * d,
-        "train_loss": loss if done else np.nan, "val_loss": loss if done else np.nan, "step": STEPS if done else 3,
-        "wall_s": n * d / 1e13, "process_s": n * d / 1e13 + 5, "status": status,
+        "sweep": sweep,
+        "run_id": run_id,
+        "name": f"{arch}-{size}-{d:.3g}-lr{lr:.0e}",
+        "arch": arch,
+        "size": size,
+        "n_layer": 2,
+        "d_model": 64,
+        "n_params": int(n),
+        "n_params_nonembed": int(0.8 * n),
+        "tokens": int(d),
+        "lr": lr,
+        "seed": 0,
+        "steps": STEPS,
+        "batch_tokens": int(d / STEPS),
+        "seq_len": 128,
+        "flops": 6 * n * d,
+        "train_loss": loss if done else np.nan,
+        "val_loss": loss if done else np.nan,
+        "step": STEPS if done else 3,
+        "wall_s": n * d / 1e13,
+        "process_s": n * d / 1e13 + 5,
+        "status": status,
         "message": "" if status != "failed" else "training process exited with code 1",
-    }  # fmt: skip
+    }
 
 
 def _curve(sweep, run_id, arch, n, d, lr, loss, status) -> pd.DataFrame:
@@ -68,9 +87,24 @@ def _curve(sweep, run_id, arch, n, d, lr, loss, status) -> pd.DataFrame:
     values = loss + 3.0 * (seen / d) ** -0.5 * np.exp(-steps / 3)
     if status == "diverged":
         values[6:] = np.inf
-    return pd.DataFrame({
-        "sweep": sweep, "run_id": run_id, "arch": arch, "n_params": int(n), "n_params_nonembed": int(0.8 * n),
-        "tokens": int(d), "lr": lr, "step": steps, "tokens_seen": seen.astype(int), "flops": 6 * n * seen,
-        "train_loss": values, "val_loss": np.where(steps % 5 == 0, values, np.nan), "lr_now": lr, "grad_norm": 1.0,
-        "tokens_per_s": 1e5, "wall_s": steps * 0.1, "timestamp_ms": 1_700_000_000_000 + steps * 1000,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "sweep": sweep,
+            "run_id": run_id,
+            "arch": arch,
+            "n_params": int(n),
+            "n_params_nonembed": int(0.8 * n),
+            "tokens": int(d),
+            "lr": lr,
+            "step": steps,
+            "tokens_seen": seen.astype(int),
+            "flops": 6 * n * seen,
+            "train_loss": values,
+            "val_loss": np.where(steps % 5 == 0, values, np.nan),
+            "lr_now": lr,
+            "grad_norm": 1.0,
+            "tokens_per_s": 1e5,
+            "wall_s": steps * 0.1,
+            "timestamp_ms": 1_700_000_000_000 + steps * 1000,
+        }
+    )

@@ -36,8 +36,14 @@ def test_every_figure_loads_from_disk(demo_report, chromium, tmp_path):
 
 def test_a_screenshot_of_the_report_shows_it(demo_report, chromium, tmp_path):
     shot = tmp_path / "report.png"
-    chromium_run(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1400,2400", "--hide-scrollbars",
-                 demo_report["html"].as_uri())  # fmt: skip
+    chromium_run(
+        chromium,
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1400,2400",
+        "--hide-scrollbars",
+        demo_report["html"].as_uri(),
+    )
     width, height = struct.unpack(">II", shot.read_bytes()[16:24])  # the PNG header's IHDR
     assert (width, height) == (1400, 2400)
     pixels = (imread(shot)[..., :3] * 255).astype(np.int64)

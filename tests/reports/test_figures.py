@@ -28,10 +28,12 @@ def text_of(fig) -> str:
 
 def lines_of(fig, color: str, **props) -> list:
     return [
-        line for ax in fig.axes for line in ax.get_lines()
+        line
+        for ax in fig.axes
+        for line in ax.get_lines()
         if matplotlib.colors.same_color(line.get_color(), color)
         and all(getattr(line, f"get_{k}")() == v for k, v in props.items())
-    ]  # fmt: skip
+    ]
 
 
 def panel(fig, title: str):

@@ -102,9 +102,20 @@ def test_summary_markdown_is_the_summary_and_runs_table(demo):
     assert len(table) == 2 + len(demo.runs)
 
 
-@pytest.mark.parametrize("value, text", [
-    (1.234e19, "1.23e19"), (3.4567, "3.46"), (1520.0, "1520"), (3e-3, "3e-3"), (1.2e6, "1.2e6"),
-    (0.0123, "0.0123"), (np.float32(2.5), "2.5"), (np.nan, "–"), (None, "–"), ("x", "x"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (1.234e19, "1.23e19"),
+        (3.4567, "3.46"),
+        (1520.0, "1520"),
+        (3e-3, "3e-3"),
+        (1.2e6, "1.2e6"),
+        (0.0123, "0.0123"),
+        (np.float32(2.5), "2.5"),
+        (np.nan, "–"),
+        (None, "–"),
+        ("x", "x"),
+    ],
+)
 def test_fmt(value, text):
     assert fmt(value) == text

@@ -283,10 +283,14 @@ def _mixed_pile(root: Path) -> Path:
     """Two sets, 40 documents each, over two train shards, and a val shard with both."""
     root.mkdir()
     for shard in range(2):
-        lines = [_set_record(f"{name} document {shard}-{i} " * 8, name) for i in range(20) for name in ("Alpha", "Beta")]
+        lines = [
+            _set_record(f"{name} document {shard}-{i} " * 8, name) for i in range(20) for name in ("Alpha", "Beta")
+        ]
         _zst(root / f"{shard:02d}.jsonl.zst", lines)
-    _zst(root / "val.jsonl.zst", [_set_record(f"{name} held out {i} " * 8, name) for i in range(30)
-                                  for name in ("Alpha", "Beta")])  # fmt: skip
+    _zst(
+        root / "val.jsonl.zst",
+        [_set_record(f"{name} held out {i} " * 8, name) for i in range(30) for name in ("Alpha", "Beta")],
+    )
     return root
 
 
@@ -298,10 +302,14 @@ def _bad_pile(root: Path) -> Path:
     """A Pile folder with one bad record of every kind, a truncated shard and an empty one."""
     root.mkdir()
     good = [_record(f"good document {i} " * 20) for i in range(40)]
-    _zst(root / "00.jsonl.zst", [*good[:10], b"{not json\n", b'{"meta": {}}\n', b'{"text": "bad \xff byte"}\n',
-                                 *good[10:20]])  # fmt: skip
+    _zst(
+        root / "00.jsonl.zst",
+        [*good[:10], b"{not json\n", b'{"meta": {}}\n', b'{"text": "bad \xff byte"}\n', *good[10:20]],
+    )
     # Big enough for several zstd blocks, so that the records before the cut can be read.
-    whole = _zst(root / "01.jsonl.zst", [_record(f"record {i} of a long shard " * 20) for i in range(2000)]).read_bytes()
+    whole = _zst(
+        root / "01.jsonl.zst", [_record(f"record {i} of a long shard " * 20) for i in range(2000)]
+    ).read_bytes()
     (root / "01.jsonl.zst").write_bytes(whole[: len(whole) // 2])
     (root / "02.jsonl.zst").write_bytes(b"")
     _zst(root / "val.jsonl.zst", good)
@@ -318,14 +326,16 @@ def test_bad_records_stop_the_build_by_default_naming_file_and_line(tmp_path):
 
 def test_bad_records_are_skipped_and_counted_by_cause(tmp_path):
     corpus = _bad_pile(tmp_path / "pile")
-    cfg = DataConfig(source="pile", path=str(corpus), tokenizer="bytes", val_tokens=256, seq_len=16,
-                     on_bad_record="skip")  # fmt: skip
+    cfg = DataConfig(
+        source="pile", path=str(corpus), tokenizer="bytes", val_tokens=256, seq_len=16, on_bad_record="skip"
+    )
     cache = prepare_data(cfg, tmp_path / "data")
     skipped = _manifest(cache)["skipped"]
     assert skipped["policy"] == "skip"
     assert skipped["counts"] == {"corrupt_file": 1, "empty_file": 1, "invalid_utf8": 1, "no_text": 1, "not_json": 1}
-    assert skipped["examples"]["invalid_utf8"] == [f"{corpus / '00.jsonl.zst'}, line 13: not UTF-8 text "
-                                                   "(invalid start byte at byte 14)"]  # fmt: skip
+    assert skipped["examples"]["invalid_utf8"] == [
+        f"{corpus / '00.jsonl.zst'}, line 13: not UTF-8 text (invalid start byte at byte 14)"
+    ]
     assert "01.jsonl.zst: corrupt or truncated zstd data after line" in skipped["examples"]["corrupt_file"][0]
     # The 20 good records of shard 00 and those of the truncated 01 that precede the damage.
     documents = _manifest(cache)["documents"]["train"]

@@ -18,20 +18,46 @@ def spec(arch: str, size: str, lr: str) -> SimpleNamespace:
     """The RunSpec fields tracking reads, named as tasks.plan names them."""
     n, tokens = {"350m": 350_000_000, "760m": 760_000_000}[size], 7_000_000_000
     return SimpleNamespace(
-        sweep="demo", run_id=f"{arch}-{size}-{lr}", name=f"{arch}-{size}-7B-lr{lr}",
-        arch=arch, size=size, n_layer=24, d_model=1024, n_params=n, n_params_nonembed=n, tokens=tokens, steps=4,
-        lr=float(lr), seed=0, batch_tokens=tokens // 4, seq_len=2048, flops=6.0 * n * tokens, zero_stage=1,
-        precision="bf16", ranks=1,
-    )  # fmt: skip
+        sweep="demo",
+        run_id=f"{arch}-{size}-{lr}",
+        name=f"{arch}-{size}-7B-lr{lr}",
+        arch=arch,
+        size=size,
+        n_layer=24,
+        d_model=1024,
+        n_params=n,
+        n_params_nonembed=n,
+        tokens=tokens,
+        steps=4,
+        lr=float(lr),
+        seed=0,
+        batch_tokens=tokens // 4,
+        seq_len=2048,
+        flops=6.0 * n * tokens,
+        zero_stage=1,
+        precision="bf16",
+        ranks=1,
+    )
 
 
 def write_curve(run_dir, s, steps=(1, 2, 3, 4)) -> list[dict]:
-    curve = CurveLog(run_dir / "curve", {k: getattr(s, k) for k in ("sweep", "run_id", "arch", "n_params",
-                                                                  "n_params_nonembed", "tokens", "lr")})  # fmt: skip
+    curve = CurveLog(
+        run_dir / "curve",
+        {k: getattr(s, k) for k in ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")},
+    )
     for step in steps:
-        curve.append(step=step, tokens_seen=step * s.batch_tokens, flops=1.0, train_loss=4.0 / step,
-                     val_loss=4.2 / step if step % 2 == 0 else float("nan"), lr_now=s.lr, grad_norm=1.0,
-                     tokens_per_s=1e5, wall_s=float(step), timestamp_ms=1_700_000_000_000 + step)  # fmt: skip
+        curve.append(
+            step=step,
+            tokens_seen=step * s.batch_tokens,
+            flops=1.0,
+            train_loss=4.0 / step,
+            val_loss=4.2 / step if step % 2 == 0 else float("nan"),
+            lr_now=s.lr,
+            grad_norm=1.0,
+            tokens_per_s=1e5,
+            wall_s=float(step),
+            timestamp_ms=1_700_000_000_000 + step,
+        )
     return curve.flush()
 
 
