@@ -21,36 +21,25 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
-def _config(args):
-    from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
-
-    return load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
-
-
 def cmd_plan(args) -> int:
+    from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
     from tasks.plan import format_plan, plan_sweep
 
-    cfg = _config(args)
+    cfg = load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
     print(format_plan(plan_sweep(cfg), cfg.resources.concurrency))
     return 0
 
 
 def cmd_run(args) -> int:
-    from tasks.config import parse_overrides
-    from tasks.plan import format_plan, plan_sweep
-
-    cfg = _config(args)  # reject bad input before Prefect starts anything
-    print(format_plan(plan_sweep(cfg), cfg.resources.concurrency), flush=True)
-    import pyarrow.parquet as pq
-
     from flows.scaling_sweep import scaling_sweep
+    from tasks import status as st
+    from tasks.config import parse_overrides
 
     t0 = time.time()
-    html = Path(scaling_sweep(sweep=args.config, output=args.output, overrides=parse_overrides(args.set)))
-    status = pq.read_table(html.parents[1] / "runs.parquet", columns=["status"])["status"].to_pylist()
-    counts = ", ".join(f"{status.count(s)} {s}" for s in sorted(set(status)))
-    print(f"\nsweep finished in {time.time() - t0:.0f} s: {counts}\nreport: {html}")
-    if "failed" in status:
+    outcome = scaling_sweep(sweep=args.config, output=args.output, overrides=parse_overrides(args.set))
+    counts = ", ".join(f"{n} {status}" for status, n in outcome.counts.items())
+    print(f"\nsweep finished in {time.time() - t0:.0f} s: {counts}\nreport: {outcome.report['html']}")
+    if outcome.counts.get(st.FAILED):
         print("some runs failed (see the runs table's message column); run the sweep again to resume them")
         return 1
     return 0
@@ -60,9 +49,10 @@ def cmd_fit(args) -> int:
     from reports.summary import summary_lines
     from tasks.config import fit_config
     from tasks.fit import fit_file, load_runs
+    from tasks.layout import SweepDir
 
     runs = Path(args.runs)
-    out = Path(args.out) if args.out else runs.with_name("fits.json")
+    out = Path(args.out) if args.out else runs.with_name(SweepDir.FITS)
     # Only the flags given: FitConfig's defaults (and its messages, naming the field) for the rest.
     flags = {
         "budgets": args.budgets.split(",") if args.budgets else None,
@@ -81,9 +71,10 @@ def cmd_fit(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from tasks.layout import SweepDir
     from tasks.report import report_sweeps
 
-    report = report_sweeps([Path(d) for d in args.sweep_dirs], args.out, args.title, pdf=args.pdf)
+    report = report_sweeps([SweepDir(Path(d)) for d in args.sweep_dirs], args.out, args.title, pdf=args.pdf)
     print(f"report: {report['html']}\nmarkdown: {report['md']}")
     if report["pdf"]:
         print(f"pdf: {report['pdf']}")

@@ -1,19 +1,112 @@
-"""Where generated things go: one output folder, laid out by sweep name and run id.
+"""Where generated things go: one output folder, laid out by sweep name and run id. This module is the one
+owner of every folder and file name in it.
 
-<output>/data/tokens-<key>/     token caches (shared by sweeps on the same data)
-<output>/runs/<run_id>/         one grid point: spec, checkpoints, curve parts, status, log
-<output>/sweeps/<name>/         runs.parquet, curves.parquet, fits.json, sweep.yaml, report/
-<output>/comparisons/<a>+<b>/   a report of several sweeps
-<output>/mlflow.db, mlartifacts/  the default MLflow tracking store
+    <output>/data/tokens-<key>/     token caches (shared by sweeps on the same data; tasks.data.cache)
+    <output>/runs/<run_id>/         one run: RunDir (spec, launch, status, timing, curve, checkpoints, log)
+    <output>/sweeps/<name>/         SweepDir (runs.parquet, curves.parquet, fits.json, sweep.yaml, report/)
+    <output>/comparisons/<a>+<b>/   a report of several sweeps
+    <output>/mlflow.db, mlartifacts/  the default MLflow tracking store
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SWEEP_CONFIG = "sweep.yaml"  # in a sweep's folder: the sweep as it ran, overrides applied
+from tasks.atomic import write_atomic
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's folder. status.json is written last by the training process (rank 0), and only there."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    spec = property(lambda self: self.path / "spec.json")
+    """The RunSpec (tasks.plan.spec), written by the launcher before each training process."""
+    launch = property(lambda self: self.path / "launch.json")
+    """Where the training process finds its token cache, threads, port and MLflow run."""
+    status_file = property(lambda self: self.path / "status.json")
+    timing = property(lambda self: self.path / "timing.json")
+    """Process time summed over the run's invocations, and the last one's message."""
+    curve = property(lambda self: self.path / "curve")
+    """Parquet parts of the run's curve (tasks.track.curves)."""
+    ckpt = property(lambda self: self.path / "ckpt")
+    log = property(lambda self: self.path / "train.log")
+    synced = property(lambda self: self.path / "mlflow.json")
+    """What of the run reached which MLflow store (tasks.track.mlflow_runs)."""
+
+    def read_spec(self) -> dict:
+        return json.loads(self.spec.read_text())
+
+    def write_spec(self, spec: dict) -> None:
+        write_atomic(self.spec, json.dumps(spec, indent=1))
+
+    def read_launch(self) -> dict:
+        return json.loads(self.launch.read_text())
+
+    def write_launch(self, launch: dict) -> None:
+        write_atomic(self.launch, json.dumps(launch, indent=1))
+
+    def read_status(self) -> dict:
+        """The final record of the run's last training process ({} while none has finished)."""
+        return _read_json(self.status_file)
+
+    def status(self) -> str | None:
+        return self.read_status().get("status")
+
+    def write_status(self, **fields) -> None:
+        write_atomic(self.status_file, json.dumps(fields, indent=1))
+
+    def clear_status(self) -> None:
+        self.status_file.unlink(missing_ok=True)
+
+    def read_timing(self) -> dict:
+        return _read_json(self.timing)
+
+    def add_timing(self, seconds: float, message: str) -> float:
+        """Accumulate process time over the invocations of a run (a resumed run counts all of them)."""
+        total = self.read_timing().get("process_s", 0.0) + seconds
+        write_atomic(self.timing, json.dumps({"process_s": total, "message": message}))
+        return total
+
+    def read_synced(self) -> dict:
+        return _read_json(self.synced)
+
+    def write_synced(self, record: dict) -> None:
+        write_atomic(self.synced, json.dumps(record, indent=1))
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """One sweep's folder: what collect, fit and report write, each read back by the stage after."""
+
+    path: Path
+    FITS = "fits.json"
+    """Also the name `scaling fit` gives its output beside any runs table."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    runs = property(lambda self: self.path / "runs.parquet")
+    curves = property(lambda self: self.path / "curves.parquet")
+    fits = property(lambda self: self.path / SweepDir.FITS)
+    config = property(lambda self: self.path / "sweep.yaml")
+    """The sweep as it ran, overrides applied."""
+    report = property(lambda self: self.path / "report")
+    recorded = property(lambda self: (self.runs, self.curves, self.fits))
+    """What a report needs; the sweep's config is optional."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +118,11 @@ class Layout:
         """The given folder, else $SCALING_OUTPUT, else ./outputs."""
         return cls(Path(output or os.environ.get("SCALING_OUTPUT", "outputs")).expanduser().resolve())
 
+    @classmethod
+    def of_sweep(cls, sweep_dir: str | Path) -> Layout:
+        """The output folder a sweep folder (<output>/sweeps/<name>) lies in."""
+        return cls(Path(sweep_dir).resolve().parents[1])
+
     @property
     def data(self) -> Path:
         return self.output / "data"
@@ -33,11 +131,14 @@ class Layout:
     def runs(self) -> Path:
         return self.output / "runs"
 
-    def run(self, run_id: str) -> Path:
-        return self.runs / run_id
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.runs / run_id)
 
-    def sweep(self, name: str) -> Path:
-        return self.output / "sweeps" / name
+    def sweep(self, name: str) -> SweepDir:
+        return SweepDir(self.output / "sweeps" / name)
+
+    def comparison(self, names: list[str]) -> Path:
+        return self.output / "comparisons" / "+".join(names)
 
     @property
     def mlflow_uri(self) -> str:

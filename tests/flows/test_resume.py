@@ -19,7 +19,7 @@ def trainer_pids() -> list[int]:
     pids = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and b"tasks.trainer" in (d / "cmdline").read_bytes():
+            if d.name.isdigit() and b"tasks.train.process" in (d / "cmdline").read_bytes():
                 pids.append(int(d.name))
         except OSError:
             pass

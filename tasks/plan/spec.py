@@ -1,0 +1,96 @@
+"""The planned records: `RunSpec`, one fully resolved grid point, and `Plan`, the sweep's grid.
+
+A RunSpec's `run_id` hashes its content and CODE_VERSION (never paths), so the same run in two
+sweeps is the same run and a re-run finds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.config import SweepConfig
+
+# Bump when a change alters the numbers a run produces (model, loss, schedule, data order).
+CODE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    sweep: str
+    run_id: str
+    name: str
+    arch: str
+    size: str
+    model: dict
+    """The architecture's config (registry.model_config(...).to_dict())."""
+    n_layer: int
+    d_model: int
+    n_params: int
+    n_params_nonembed: int
+    flops_per_token: float
+    tokens: int
+    """Planned training tokens: steps x batch_tokens."""
+    steps: int
+    flops: float
+    """Planned training FLOPs: flops_per_token x tokens."""
+    lr: float
+    seed: int
+    seq_len: int
+    batch_tokens: int
+    micro_batch_size: int
+    grad_accum: int
+    ranks: int
+    warmup_steps: int
+    schedule: dict
+    optimizer: dict
+    precision: str
+    zero_stage: int
+    eval_interval: int
+    checkpoint_interval: int
+    log_interval: int
+    val_tokens: int
+    data: dict
+    """The data identity (source, tokenizer, lengths), never a path."""
+    est_wall_s: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Plan:
+    sweep: str
+    runs: list[RunSpec]
+    flops_per_s: float
+
+    @property
+    def total_flops(self) -> float:
+        return sum(r.flops for r in self.runs)
+
+    @property
+    def total_est_wall_s(self) -> float:
+        return sum(r.est_wall_s for r in self.runs)
+
+
+def data_identity(cfg: SweepConfig) -> dict:
+    d = cfg.data
+    ident = {"source": d.source, "tokenizer": d.tokenizer, "seq_len": d.seq_len, "val_tokens": d.val_tokens}
+    if d.source == "sample":
+        ident["sample_bytes"] = d.sample_bytes
+    tok = Path(d.tokenizer)
+    if tok.suffix == ".json" and tok.is_file():
+        ident["tokenizer"] = "sha256:" + hashlib.sha256(tok.read_bytes()).hexdigest()[:16]
+    return ident
+
+
+def run_id_of(content: dict) -> str:
+    blob = json.dumps({**content, "code_version": CODE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,15 @@
+"""The status words of a run, defined once: what a run folder's status.json, runs.parquet's `status`
+column, the MLflow `status` tag and the report say about a run."""
+
+COMPLETED = "completed"
+DIVERGED = "diverged"
+"""Trained to a NaN loss, or a streak of non-finite gradients (tasks.train.step)."""
+FAILED = "failed"
+"""The training process crashed, was killed, or ran past resources.timeout_s; a re-run resumes it."""
+RUNNING = "running"
+"""The MLflow tag while a run trains."""
+PENDING = "pending"
+"""In the plan, never started."""
+
+FINISHED = (COMPLETED, DIVERGED)
+"""A run in either state is skipped by a re-run of its sweep."""

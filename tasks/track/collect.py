@@ -1,0 +1,72 @@
+"""Collect: the sweep's runs.parquet (one row a run) and curves.parquet (one row a logged step).
+
+Reads only what the runs wrote (status, timing, curve parts: tasks.layout.RunDir), so it can be re-run alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+
+from tasks import status as st
+from tasks.layout import Layout, RunDir, SweepDir
+from tasks.plan import RunSpec
+from tasks.track.curves import curve_schema, read_curve, write_parquet_atomic
+
+RUN_COLUMNS = [
+    "sweep",
+    "run_id",
+    "name",
+    "arch",
+    "size",
+    "n_layer",
+    "d_model",
+    "n_params",
+    "n_params_nonembed",
+    "tokens",
+    "lr",
+    "seed",
+    "steps",
+    "batch_tokens",
+    "seq_len",
+    "flops",
+    "train_loss",
+    "val_loss",
+    "step",
+    "wall_s",
+    "process_s",
+    "status",
+    "message",
+]
+
+
+def run_row(spec: RunSpec, run: RunDir) -> dict:
+    status, timing = run.read_status(), run.read_timing()
+    row = {k: getattr(spec, k) for k in RUN_COLUMNS if hasattr(spec, k)}
+    row.update(
+        train_loss=status.get("train_loss", float("nan")),
+        val_loss=status.get("val_loss", float("nan")),
+        step=status.get("step", 0),
+        wall_s=status.get("wall_s", float("nan")),
+        process_s=timing.get("process_s", float("nan")),
+        status=status.get("status") or (st.FAILED if run.path.exists() else st.PENDING),
+        message=timing.get("message", ""),
+    )
+    return row
+
+
+def _with_sweep(table: pa.Table, sweep: str) -> pa.Table:
+    i = table.schema.get_field_index("sweep")
+    return table.set_column(i, "sweep", pa.array([sweep] * table.num_rows, pa.string()))
+
+
+def collect(specs: list[RunSpec], layout: Layout, sweep: SweepDir) -> dict[str, int]:
+    """Write the sweep's runs.parquet and curves.parquet for these runs; returns the runs counted by status."""
+    rows = [run_row(s, layout.run(s.run_id)) for s in specs]
+    runs = pa.Table.from_pylist(rows).select(RUN_COLUMNS)
+    # A run is shared by every sweep that has it; its rows carry the sweep that collects them.
+    curves = [_with_sweep(read_curve(layout.run(s.run_id).curve), s.sweep) for s in specs]
+    write_parquet_atomic(runs, sweep.runs)
+    write_parquet_atomic(pa.concat_tables(curves) if curves else curve_schema().empty_table(), sweep.curves)
+    return dict(sorted(Counter(r["status"] for r in rows).items()))

@@ -1,0 +1,155 @@
+"""Launch: train one run as its own process group, or skip it when it is already finished.
+
+The training itself is `tasks.train.process`, started as a separate process (torchrun for several
+ranks) in a new session, so that cancelling the sweep can end the whole group: Prefect does not
+kill a flow's child processes on cancellation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import status as st
+from tasks.layout import RunDir
+from tasks.plan import RunSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+_live: dict[int, subprocess.Popen] = {}
+_live_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: str
+    """tasks.status: completed | diverged | failed"""
+    skipped: bool
+    process_s: float
+    """Wall time of the training process, start-up included (0 when skipped)."""
+    message: str = ""
+
+
+def stop_all(signum=None, frame=None) -> None:
+    """End every live training process group (on cancellation, SIGTERM or interpreter exit)."""
+    with _live_lock:
+        procs = list(_live.values())
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    if signum is not None:
+        raise SystemExit(128 + signum)
+
+
+def install_stop_handlers() -> None:
+    """Make SIGTERM (a cancelled or stopped flow run) end the training groups too."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop_all)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(spec: RunSpec, run: RunDir) -> list[str]:
+    process = ["-m", "tasks.train.process", str(run.path)]
+    if spec.ranks == 1:
+        return [sys.executable, *process]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.ranks}", *process]
+
+
+def _environment(threads: int) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    # DeepSpeed JIT-builds a communication op on first use. Keep the build inside this environment:
+    # in the shared ~/.cache two checkouts invalidate each other's build and rebuild it (~40 s) per run.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    return env
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float | None) -> str:
+    """Wait for the training process group; the message says why it ended badly ('' when it exited 0)."""
+    with _live_lock:
+        _live[proc.pid] = proc
+    try:
+        rc = proc.wait(timeout=timeout_s)
+        return "" if rc == 0 else f"training process exited with code {rc}"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"stopped after resources.timeout_s = {timeout_s:.0f} s"
+    finally:
+        with _live_lock:
+            _live.pop(proc.pid, None)
+
+
+def train_run(
+    spec: RunSpec,
+    run: RunDir,
+    cache_dir: Path,
+    threads: int,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+    timeout_s: float | None = None,
+) -> RunResult:
+    """Train one run to its end: skip it if finished, resume it if a checkpoint exists."""
+    status = run.status()
+    if status in st.FINISHED:
+        return RunResult(spec.run_id, status, skipped=True, process_s=0.0)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.clear_status()
+    run.write_spec(spec.to_dict())
+    launch = {
+        "cache_dir": str(cache_dir),
+        "threads": threads,
+        "master_port": _free_port(),
+        "mlflow_uri": mlflow_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "launcher_pid": os.getpid(),
+    }
+    run.write_launch(launch)
+    t0 = time.time()
+    with open(run.log, "ab") as logf:
+        proc = subprocess.Popen(
+            _command(spec, run),
+            cwd=ROOT,
+            env=_environment(threads),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        message = _wait(proc, timeout_s)
+    status = run.status() or st.FAILED
+    if status == st.FAILED and not message:
+        message = "training process exited without writing status.json"
+    if message:
+        message += f"; see {run.log}"
+    process_s = run.add_timing(time.time() - t0, message)
+    return RunResult(spec.run_id, status, skipped=False, process_s=process_s, message=message)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

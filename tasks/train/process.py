@@ -1,0 +1,34 @@
+"""The training process of one run: `python -m tasks.train.process RUN_DIR`.
+
+Started by tasks.train.launch (directly for one rank, through torchrun for several). Reads the run's
+spec.json (the RunSpec) and launch.json (where the token cache and MLflow are), trains with a DeepSpeed
+ZeRO engine (fp32 master weights, bf16 autocast, AdamW, warmup + cosine/WSD, clipping), evaluates,
+checkpoints, and writes status.json last:
+
+    setup    the process group, engine, data, curve log and MLflow sender (tasks.train.setup)
+    resume   the newest complete checkpoint, if the run has one (tasks.train.resume)
+    step     the loop: steps, evaluations, curve rows, checkpoints, divergence (tasks.train.step)
+    finish   the curve committed and the status written (tasks.train.finish)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tasks.layout import RunDir
+from tasks.train.finish import finish
+from tasks.train.resume import resume
+from tasks.train.setup import start
+from tasks.train.step import train
+
+
+def main(run_dir: Path) -> int:
+    session = start(RunDir(run_dir))
+    first_step, wall_before = resume(session)
+    finish(session, train(session, first_step, wall_before))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))
