@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# The per-architecture entries of fits.json (tasks.fit.PER_ARCH); reports do not import tasks.
-PER_SERIES = ("power_law", "approach1", "approach2", "parametric", "learning_rate", "held_out")
+# The layout of fits.json; the one module of tasks that reports import (it imports nothing itself).
+from tasks.fit.entries import COMPUTE_MULTIPLIER, PER_ARCH, Fits
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class SweepResults:
     name: str
     runs: pd.DataFrame
     curves: pd.DataFrame
-    fits: dict
+    fits: Fits
     config: str | None = None  # the sweep as it ran (YAML)
 
 
@@ -39,12 +39,12 @@ def combine(sweeps: list[SweepResults]) -> tuple[pd.DataFrame, pd.DataFrame, dic
     several = len(sweeps) > 1
     runs = pd.concat([_labelled(s.runs, s.name, several) for s in sweeps], ignore_index=True)
     curves = pd.concat([_labelled(s.curves, s.name, several) for s in sweeps], ignore_index=True)
-    fits: dict = {kind: {} for kind in PER_SERIES}
+    fits: dict = {kind: {} for kind in PER_ARCH}
     fits |= {"excluded": [], "notes": [], "budgets": [], "n_runs": 0, "n_used": 0}
     multipliers = []
     for s in sweeps:
         f = s.fits
-        for kind in PER_SERIES:
+        for kind in PER_ARCH:
             for arch, entry in f.get(kind, {}).items():
                 fits[kind][series_label(s.name, arch, several)] = entry
         fits["excluded"] += [{**e, "sweep": s.name} if several else e for e in f.get("excluded", [])]
@@ -52,7 +52,7 @@ def combine(sweeps: list[SweepResults]) -> tuple[pd.DataFrame, pd.DataFrame, dic
         fits["budgets"] = sorted(set(fits["budgets"]) | set(f.get("budgets") or []))
         fits["n_runs"] += f.get("n_runs", 0)
         fits["n_used"] += f.get("n_used", 0)
-        if block := f.get("compute_multiplier"):
+        if block := f.get(COMPUTE_MULTIPLIER):
             multipliers.append(
                 {
                     **block,
@@ -60,7 +60,7 @@ def combine(sweeps: list[SweepResults]) -> tuple[pd.DataFrame, pd.DataFrame, dic
                     "archs": {series_label(s.name, a, several): e for a, e in block["archs"].items()},
                 }
             )
-    fits["compute_multiplier"] = multipliers if several else (multipliers[0] if multipliers else None)
+    fits[COMPUTE_MULTIPLIER] = multipliers if several else (multipliers[0] if multipliers else None)
     sources = [str(s.fits["source"]) for s in sweeps if s.fits.get("source")]
     fits["source"] = ", ".join(sources) if sources else None
     return runs, curves, fits

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from tasks.fit.entries import Interval
+
 MISSING = "–"
 
 
@@ -25,7 +27,7 @@ def fmt(x, digits: int = 3) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def fmt_interval(iv: dict | None, digits: int = 3) -> str:
+def fmt_interval(iv: Interval | None, digits: int = 3) -> str:
     """'value [lo, hi]' from a fits interval, or the value alone when there was no bootstrap."""
     if not iv:
         return MISSING

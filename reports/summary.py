@@ -7,15 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reports.names import LOSS_VS_COMPUTE_NAME, PARAMETRIC_NAME
 from reports.numbers import fmt, fmt_interval
 from reports.tables import markdown_table, multiplier_blocks, runs_table
+from tasks.fit.entries import LOSS_VS_COMPUTE, OK, PARAMETRIC, LossVsCompute
+from tasks.status import COMPLETED, DIVERGED, FAILED
 
-STATUSES = ("completed", "diverged", "failed")
+STATUSES = (COMPLETED, DIVERGED, FAILED)
 
 
 def status_counts(runs: pd.DataFrame) -> dict[str, int]:
     """Runs per status: the three final ones always, any other (pending) when present."""
-    counts = runs["status"].value_counts() if "status" in runs else pd.Series({"completed": len(runs)})
+    counts = runs["status"].value_counts() if "status" in runs else pd.Series({COMPLETED: len(runs)})
     others = sorted(set(counts.index) - set(STATUSES))
     return {s: int(counts.get(s, 0)) for s in (*STATUSES, *others)}
 
@@ -28,24 +31,24 @@ def summary_lines(runs: pd.DataFrame, fits: dict) -> list[str]:
         first += " (" + ", ".join(f"{s}: {n}" for s, n in runs["sweep"].value_counts(sort=False).items()) + ")"
     lines = [first + "."]
     lines += _best_run(runs)
-    if not fits.get("power_law") and not fits.get("parametric"):
+    if not fits.get(LOSS_VS_COMPUTE) and not fits.get(PARAMETRIC):
         lines.append("No scaling laws were fitted.")
     lines += winner_lines(fits)
-    for arch, fit in fits.get("power_law", {}).items():
-        if fit["status"] != "ok":
-            lines.append(f"**{arch}**, loss vs compute: not fitted ({fit['reason']}).")
+    for arch, fit in fits.get(LOSS_VS_COMPUTE, {}).items():
+        if fit["status"] != OK:
+            lines.append(f"**{arch}**, {LOSS_VS_COMPUTE_NAME}: not fitted ({fit['reason']}).")
             continue
         lines.append(
-            f"**{arch}**, loss vs compute: L ∝ C^-b with b = {fmt_interval(fit['params']['b'])} "
+            f"**{arch}**, {LOSS_VS_COMPUTE_NAME}: L ∝ C^-b with b = {fmt_interval(fit['params']['b'])} "
             f"over {len(fit['points'])} frontier runs (R² {fmt(fit['r2'])})."
         )
-    for arch, fit in fits.get("parametric", {}).items():
-        if fit["status"] != "ok":
-            lines.append(f"**{arch}**, L(N, D): not fitted ({fit['reason']}).")
+    for arch, fit in fits.get(PARAMETRIC, {}).items():
+        if fit["status"] != OK:
+            lines.append(f"**{arch}**, {PARAMETRIC_NAME}: not fitted ({fit['reason']}).")
             continue
         p = fit["params"]
         line = (
-            f"**{arch}**, L(N, D) = E + A/N^α + B/D^β: α = {fmt_interval(p['alpha'])}, "
+            f"**{arch}**, {PARAMETRIC_NAME} = E + A/N^α + B/D^β: α = {fmt_interval(p['alpha'])}, "
             f"β = {fmt_interval(p['beta'])}, E = {fmt_interval(p['E'])}"
         )
         if fit["predictions"]:
@@ -62,7 +65,8 @@ def summary_lines(runs: pd.DataFrame, fits: dict) -> list[str]:
         if not conv["converged"]:
             bound = f", {', '.join(conv['on_bound'])} on a bound" if conv["on_bound"] else ""
             lines.append(
-                f"⚠ The {arch} L(N, D) fit did not converge cleanly ({conv['message']}{bound}): read it with care."
+                f"⚠ The {arch} {PARAMETRIC_NAME} fit did not converge cleanly ({conv['message']}{bound}): "
+                "read it with care."
             )
     if fits.get("excluded"):
         lines.append(f"{len(fits['excluded'])} run(s) left out of the fits (listed below).")
@@ -73,7 +77,7 @@ def summary_lines(runs: pd.DataFrame, fits: dict) -> list[str]:
 def winner_lines(fits: dict) -> list[str]:
     """Which series the loss-vs-compute laws put lowest: at the largest compute every fitted series ran
     (no extrapolation), and at the largest budget; then the compute multipliers measured, not extrapolated."""
-    laws = {s: f for s, f in fits.get("power_law", {}).items() if f["status"] == "ok"}
+    laws = {s: f for s, f in fits.get(LOSS_VS_COMPUTE, {}).items() if f["status"] == OK}
     if len(laws) < 2:
         return []
     lines = []
@@ -89,7 +93,7 @@ def winner_lines(fits: dict) -> list[str]:
     for block in multiplier_blocks(fits):
         for arch, entry in block["archs"].items():
             measured = [a for a in entry.get("at", []) if not a["extrapolated"]]
-            if entry["status"] == "ok" and measured:
+            if entry["status"] == OK and measured:
                 m = measured[0]
                 lines.append(
                     f"**{arch}** reaches the loss {block['reference']} reaches with {fmt(m['flops'])} FLOPs "
@@ -99,7 +103,7 @@ def winner_lines(fits: dict) -> list[str]:
     return lines
 
 
-def _law_at(fit: dict, flops: float) -> dict:
+def _law_at(fit: LossVsCompute, flops: float) -> dict:
     """The law's loss at `flops`, with the 95% band there when the band covers it."""
     a, b = fit["params"]["a"]["value"], fit["params"]["b"]["value"]
     out = {"value": a * flops**-b, "lo": None, "hi": None}
@@ -124,7 +128,7 @@ def _ranking(where: str, ranked: list[tuple[str, dict]]) -> str:
 
 
 def _best_run(runs: pd.DataFrame) -> list[str]:
-    done = runs[(runs.get("status", "completed") == "completed") & np.isfinite(runs["val_loss"].astype(float))]
+    done = runs[(runs.get("status", COMPLETED) == COMPLETED) & np.isfinite(runs["val_loss"].astype(float))]
     if done.empty:
         return []
     best = done.loc[done["val_loss"].idxmin()]

@@ -2,7 +2,7 @@
 
 Every table is a `Table` of formatted strings, so the HTML, Markdown and PDF reports (and the
 Prefect artifacts) show the same numbers. The fits dict is the output of `tasks.fit.fit_runs`
-(layout in that module's docstring), or several of them merged by `reports.combine`.
+(laid out as `tasks.fit.entries.Fits`), or several of them merged by `reports.combine`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from reports.names import APPROACH_NAMES, LOSS_VS_COMPUTE_NAME, PARAMETRIC_NAME
 from reports.numbers import MISSING, fmt, fmt_interval
+from tasks.fit.entries import COMPUTE_MULTIPLIER, HELD_OUT, LAW, LEARNING_RATE, LOSS_VS_COMPUTE, OK, PARAMETRIC
 
 NOTE_CHARS = 80  # a failed run's message is cut to this in the runs table; train.log has the rest
 
@@ -60,10 +62,10 @@ def runs_table(runs: pd.DataFrame) -> Table:
     return Table("All runs", list(columns.values()), rows)
 
 
-def power_law_table(fits: dict) -> Table:
+def loss_vs_compute_table(fits: dict) -> Table:
     rows = []
-    for arch, fit in fits.get("power_law", {}).items():
-        if fit["status"] != "ok":
+    for arch, fit in fits.get(LOSS_VS_COMPUTE, {}).items():
+        if fit["status"] != OK:
             rows.append([arch, MISSING, MISSING, MISSING, MISSING, MISSING, f"skipped: {fit['reason']}"])
             continue
         offset = fit.get("offset")
@@ -80,7 +82,7 @@ def power_law_table(fits: dict) -> Table:
             ]
         )
     return Table(
-        "Loss vs compute (frontier power law, 95% bootstrap intervals)",
+        f"{LOSS_VS_COMPUTE_NAME.capitalize()}: L = a · C^-b through the compute frontier (95% bootstrap intervals)",
         ["arch", "form", "a", "b", "R²", "frontier runs", "notes"],
         rows,
     )
@@ -88,8 +90,8 @@ def power_law_table(fits: dict) -> Table:
 
 def parametric_table(fits: dict) -> Table:
     rows = []
-    for arch, fit in fits.get("parametric", {}).items():
-        if fit["status"] != "ok":
+    for arch, fit in fits.get(PARAMETRIC, {}).items():
+        if fit["status"] != OK:
             rows.append([arch, *[MISSING] * 9, f"skipped: {fit['reason']}"])
             continue
         p, conv, boot = fit["params"], fit["convergence"], fit["bootstrap"]
@@ -108,18 +110,17 @@ def parametric_table(fits: dict) -> Table:
             ]
         )
     return Table(
-        "L(N, D) = E + A/N^α + B/D^β (Chinchilla approach 3, 95% bootstrap intervals)",
+        f"{PARAMETRIC_NAME} = E + A/N^α + B/D^β (Chinchilla approach 3, 95% bootstrap intervals)",
         ["arch", "E", "A", "B", "α", "β", "a = β/(α+β)", "b = α/(α+β)", "points", "rms log residual", "fit"],
         rows,
     )
 
 
 def predictions_table(fits: dict) -> Table:
-    power = fits.get("power_law", {})
+    laws = fits.get(LOSS_VS_COMPUTE, {})
     rows = []
-    for arch, fit in fits.get("parametric", {}).items():
-        frontier = power.get(arch, {})
-        frontier_loss = {p["flops"]: p["loss"] for p in frontier.get("predictions", [])}
+    for arch, fit in fits.get(PARAMETRIC, {}).items():
+        law_loss = {p["flops"]: p["loss"] for p in laws.get(arch, {}).get("predictions", [])}
         for pred in fit.get("predictions", []):
             rows.append(
                 [
@@ -129,12 +130,20 @@ def predictions_table(fits: dict) -> Table:
                     fmt_interval(pred["d_opt"]),
                     fmt_interval(pred["tokens_per_param"]),
                     fmt_interval(pred["loss"], 4),
-                    fmt_interval(frontier_loss.get(pred["flops"]), 4),
+                    fmt_interval(law_loss.get(pred["flops"]), 4),
                 ]
             )
     return Table(
         "Compute-optimal predictions at the budgets (C = 6ND)",
-        ["arch", "budget (FLOPs)", "N_opt", "D_opt", "tokens / parameter", "loss, L(N, D)", "loss, frontier power law"],
+        [
+            "arch",
+            "budget (FLOPs)",
+            "N_opt",
+            "D_opt",
+            "tokens / parameter",
+            f"loss, {PARAMETRIC_NAME}",
+            f"loss, {LOSS_VS_COMPUTE_NAME}",
+        ],
         rows,
     )
 
@@ -143,9 +152,9 @@ def allocation_table(fits: dict) -> Table:
     """N_opt = G * C^a by each Chinchilla approach side by side, with the optimum at the first budget."""
     budget = (fits.get("budgets") or [None])[0]
     rows = []
-    for kind, label in (("approach1", "1: frontier"), ("approach2", "2: IsoFLOP"), ("parametric", "3: L(N, D)")):
+    for kind, label in APPROACH_NAMES.items():
         for arch, fit in fits.get(kind, {}).items():
-            if fit["status"] != "ok":
+            if fit["status"] != OK:
                 rows.append([arch, label, *[MISSING] * 5, f"skipped: {fit['reason']}"])
                 continue
             e = fit["exponents"]
@@ -170,38 +179,38 @@ def allocation_table(fits: dict) -> Table:
 
 
 def checks_table(fits: dict) -> Table:
-    """The largest compute scale held out and predicted; the learning-rate optimum's power law."""
+    """The largest compute scale held out and predicted; the learning-rate law."""
     rows = []
-    for arch, held in fits.get("held_out", {}).items():
-        if held["status"] != "ok":
+    for arch, held in fits.get(HELD_OUT, {}).items():
+        if held["status"] != OK:
             rows.append([arch, "held-out prediction", MISSING, f"skipped: {held['reason']}"])
             continue
-        par, power = held["parametric"], held["power_law"]
+        par, law = held[PARAMETRIC], held[LOSS_VS_COMPUTE]
         par_text = (
             f"mean |relative error| {fmt_interval(par['mean_abs_relative_error'])} over {len(par['points'])} "
             f"point(s), fit {par['convergence']}"
-            if par["status"] == "ok"
+            if par["status"] == OK
             else f"skipped: {par['reason']}"
         )
-        power_text = (
-            f"relative error {fmt_interval(power['relative_error'])}"
-            if power["status"] == "ok"
-            else f"skipped: {power['reason']}"
+        law_text = (
+            f"relative error {fmt_interval(law['relative_error'])}"
+            if law["status"] == OK
+            else f"skipped: {law['reason']}"
         )
-        rows.append([arch, "held-out, L(N, D)", fmt(held["flops"]), par_text])
-        rows.append([arch, "held-out, loss vs compute", fmt(held["flops"]), power_text])
-    for arch, lr in fits.get("learning_rate", {}).items():
-        law = lr.get("power_law", lr)
+        rows.append([arch, f"held-out, {PARAMETRIC_NAME}", fmt(held["flops"]), par_text])
+        rows.append([arch, f"held-out, {LOSS_VS_COMPUTE_NAME}", fmt(held["flops"]), law_text])
+    for arch, lr in fits.get(LEARNING_RATE, {}).items():
+        law = lr.get(LAW, lr)  # a skipped entry has no law, only the reason
         text = (
             f"k = {fmt_interval(law['k'])}, p = {fmt_interval(law['p'])} over {law['n_points']} optima"
-            if law.get("status") == "ok"
+            if law.get("status") == OK
             else f"skipped: {law['reason']}"
         )
         rows.append([arch, "lr_opt = k · N^-p", MISSING, text])
     for multipliers in multiplier_blocks(fits):
         for arch, entry in multipliers["archs"].items():
             what = f"compute multiplier vs {multipliers['reference']}"
-            if entry["status"] != "ok":
+            if entry["status"] != OK:
                 rows.append([arch, what, MISSING, f"skipped: {entry['reason']}"])
                 continue
             for at in entry["at"]:
@@ -238,7 +247,7 @@ def markdown_table(table: Table) -> str:
 
 def multiplier_blocks(fits: dict) -> list[dict]:
     """The compute multipliers of one sweep's fits (a dict), of several merged (a list), or none."""
-    blocks = fits.get("compute_multiplier")
+    blocks = fits.get(COMPUTE_MULTIPLIER)
     if not blocks:
         return []
     return blocks if isinstance(blocks, list) else [blocks]
@@ -246,7 +255,7 @@ def multiplier_blocks(fits: dict) -> list[dict]:
 
 def fit_tables(fits: dict) -> list[Table]:
     return [
-        power_law_table(fits),
+        loss_vs_compute_table(fits),
         parametric_table(fits),
         predictions_table(fits),
         allocation_table(fits),

@@ -1,6 +1,6 @@
 """Figures of a report: each function takes the runs and curves tables and the fits dict of
-`tasks.fit.fit_runs` (keyed by series, see `style`) and returns a matplotlib `Figure`; saving is
-the caller's job.
+`tasks.fit.fit_runs` (`tasks.fit.entries.Fits`, keyed by series, see `style`) and returns a
+matplotlib `Figure`; saving is the caller's job.
 
 Figures are built without pyplot, so nothing global changes and PNGs render with Agg whatever
 backend the caller has. Runs that did not complete are drawn as x markers on the top edge of the
@@ -31,9 +31,9 @@ class FigureSpec(NamedTuple):
 FIGURES = (
     FigureSpec(
         "loss_vs_flops",
-        "Final validation loss and perplexity vs training compute: the frontier power law "
-        "L = a·C^-b per architecture (filled points: the frontier it was fitted to) with its 95% bootstrap "
-        "band, extrapolated one decade (dashed).",
+        "Final validation loss and perplexity vs training compute: the loss-vs-compute law "
+        "L = a·C^-b per architecture (filled points: the compute frontier it was fitted to) with its 95% "
+        "bootstrap band, extrapolated one decade (dashed).",
         lambda runs, curves, fits: loss_vs_flops(runs, fits),
     ),
     FigureSpec(

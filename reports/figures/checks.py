@@ -9,45 +9,61 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from reports.figures.style import Palette, error_bar, fit_entry, log_axes, panels, value, wrap
+from reports.names import APPROACH_NAMES, LOSS_VS_COMPUTE_NAME, PARAMETRIC_NAME
 from reports.numbers import fmt, fmt_interval
+from tasks.fit.entries import (
+    APPROACH1,
+    APPROACH2,
+    HELD_OUT,
+    LAW,
+    LEARNING_RATE,
+    LOSS_VS_COMPUTE,
+    OK,
+    PARAMETRIC,
+    Approach1,
+    Approach2,
+    HeldOut,
+    Interval,
+    LearningRate,
+    LossVsCompute,
+    Parametric,
+)
 
 
-def _power_law(fit: dict) -> list[tuple[float, float]]:
+def _loss_vs_compute(fit: LossVsCompute) -> list[tuple[float, float]]:
     a, b = value(fit["params"]["a"]), value(fit["params"]["b"])
     return [(p["flops"], p["val_loss"] / (a * p["flops"] ** -b)) for p in fit["points"]]
 
 
-def _parametric(fit: dict) -> list[tuple[float, float]]:
+def _parametric(fit: Parametric) -> list[tuple[float, float]]:
     return [(6 * p["n_params"] * p["tokens"], p["val_loss"] / p["predicted"]) for p in fit["points"]]
 
 
-def _approach1(fit: dict) -> list[tuple[float, float]]:
+def _approach1(fit: Approach1) -> list[tuple[float, float]]:
     g, a = value(fit["exponents"]["G"]), value(fit["exponents"]["a"])
     return [(p["flops"], p["n_params"] / (g * p["flops"] ** a)) for p in fit["points"]]
 
 
-def _approach2(fit: dict) -> list[tuple[float, float]]:
+def _approach2(fit: Approach2) -> list[tuple[float, float]]:
     g, a = value(fit["exponents"]["G"]), value(fit["exponents"]["a"])
-    return [(p["flops"], value(p["n_opt"]) / (g * p["flops"] ** a)) for p in fit["profiles"] if p["status"] == "ok"]
+    return [(p["flops"], value(p["n_opt"]) / (g * p["flops"] ** a)) for p in fit["profiles"] if p["status"] == OK]
 
 
-def _learning_rate(fit: dict) -> list[tuple[float, float]]:
-    law = fit.get("power_law") or {}
-    if law.get("status") != "ok":
+def _learning_rate(fit: LearningRate) -> list[tuple[float, float]]:
+    law = fit.get(LAW) or {}
+    if law.get("status") != OK:
         return []
     k, p = value(law["k"]), value(law["p"])
-    return [
-        (q["n_params"], value(q["lr_opt"]) / (k * q["n_params"] ** -p)) for q in fit["points"] if q["status"] == "ok"
-    ]
+    return [(q["n_params"], value(q["lr_opt"]) / (k * q["n_params"] ** -p)) for q in fit["points"] if q["status"] == OK]
 
 
 # (fits key, panel title, x label, what observed / fitted compares)
 RESIDUALS = (
-    ("power_law", "loss vs compute: L = a C^-b", "training FLOPs C", _power_law),
-    ("parametric", "L(N, D) = E + A/N^α + B/D^β", "C = 6ND", _parametric),
-    ("approach1", "approach 1: N_opt of frontier runs", "training FLOPs C", _approach1),
-    ("approach2", "approach 2: N_opt of IsoFLOP minima", "training FLOPs C", _approach2),
-    ("learning_rate", "lr_opt = k N^-p", "parameters N", _learning_rate),
+    (LOSS_VS_COMPUTE, f"{LOSS_VS_COMPUTE_NAME}: L = a C^-b", "training FLOPs C", _loss_vs_compute),
+    (PARAMETRIC, f"{PARAMETRIC_NAME} = E + A/N^α + B/D^β", "C = 6ND", _parametric),
+    (APPROACH1, f"{APPROACH_NAMES[APPROACH1]}: N_opt of frontier runs", "training FLOPs C", _approach1),
+    (APPROACH2, f"{APPROACH_NAMES[APPROACH2]}: N_opt of parabola minima", "training FLOPs C", _approach2),
+    (LEARNING_RATE, "lr_opt = k N^-p", "parameters N", _learning_rate),
 )
 
 
@@ -91,48 +107,15 @@ def held_out(runs: pd.DataFrame, fits: dict) -> Figure:
     shown, handles = [], []
     for series in palette.series:
         color, marker = palette.color(series), palette.marker(series)
-        fit, _ = fit_entry(fits, "parametric", series)
+        fit, _ = fit_entry(fits, PARAMETRIC, series)
         for p in (fit or {}).get("points", []):
             ax.plot(p["predicted"], p["val_loss"], color=color, marker=marker, markerfacecolor="none", alpha=0.5)
             shown += [p["predicted"], p["val_loss"]]
-        held, reason = fit_entry(fits, "held_out", series)
+        held, reason = fit_entry(fits, HELD_OUT, series)
         if not held:
             handles.append(Line2D([], [], linestyle="none", label=wrap(f"{series}: no held-out check ({reason})", 50)))
             continue
-        notes = []
-        par, law = held["parametric"], held["power_law"]
-        if par["status"] == "ok":
-            for p in par["points"]:
-                pred = p["predicted"]
-                ax.errorbar(value(pred), p["observed"], xerr=error_bar(pred), color=color, marker=marker, capsize=3)
-                ax_err.errorbar(
-                    p["n_params"],
-                    100 * value(p["relative_error"]),
-                    yerr=_pct(p["relative_error"]),
-                    color=color,
-                    marker=marker,
-                    capsize=3,
-                    linestyle="none",
-                )
-                shown += [value(pred), p["observed"]]
-            notes.append(f"L(N, D) mean |error| {_percent(par['mean_abs_relative_error'])}")
-        else:
-            notes.append(f"L(N, D): {par['reason']}")
-        if law["status"] == "ok":
-            ax.errorbar(
-                value(law["predicted"]),
-                law["observed"],
-                xerr=error_bar(law["predicted"]),
-                color=color,
-                marker="d",
-                markersize=9,
-                markeredgecolor="black",
-                capsize=3,
-            )
-            shown += [value(law["predicted"]), law["observed"]]
-            notes.append(f"L(C) error {_percent(law['relative_error'])}")
-        else:
-            notes.append(f"L(C): {law['reason']}")
+        notes = _draw_held_out(ax, ax_err, held, color, marker, shown)
         label = f"{series}, held out {fmt(held['flops'])} FLOPs: " + "; ".join(notes)
         handles.append(Line2D([], [], color=color, marker=marker, label=wrap(label, 50)))
     if shown:
@@ -148,11 +131,21 @@ def held_out(runs: pd.DataFrame, fits: dict) -> Figure:
     ax_err.axhline(0, color="black", linewidth=0.8)
     log_axes(ax_err, y=False)
     ax_err.set(
-        xlabel="parameters N", ylabel="predicted / observed − 1 (%)", title="L(N, D) error at the held-out scale"
+        xlabel="parameters N",
+        ylabel="predicted / observed − 1 (%)",
+        title=f"{PARAMETRIC_NAME} error at the held-out scale",
     )
     handles += [
-        Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="none", label="L(N, D), in sample"),
-        Line2D([], [], color="grey", marker="o", linestyle="none", label="L(N, D), held out (95%)"),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="o",
+            markerfacecolor="none",
+            linestyle="none",
+            label=f"{PARAMETRIC_NAME}, in sample",
+        ),
+        Line2D([], [], color="grey", marker="o", linestyle="none", label=f"{PARAMETRIC_NAME}, held out (95%)"),
         Line2D(
             [],
             [],
@@ -160,18 +153,57 @@ def held_out(runs: pd.DataFrame, fits: dict) -> Figure:
             marker="d",
             markeredgecolor="black",
             linestyle="none",
-            label="loss-vs-compute law, best held-out run",
+            label=f"{LOSS_VS_COMPUTE_NAME}, best held-out run",
         ),
     ]
     fig.legend(handles=handles, loc="outside right upper", fontsize="small")
     return fig
 
 
-def _pct(iv: dict):
+def _draw_held_out(ax, ax_err, held: HeldOut, color, marker: str, shown: list[float]) -> list[str]:
+    """One series' held-out predictions on both panels (their values added to `shown`); the legend's notes."""
+    notes = []
+    par, law = held[PARAMETRIC], held[LOSS_VS_COMPUTE]
+    if par["status"] == OK:
+        for p in par["points"]:
+            pred = p["predicted"]
+            ax.errorbar(value(pred), p["observed"], xerr=error_bar(pred), color=color, marker=marker, capsize=3)
+            ax_err.errorbar(
+                p["n_params"],
+                100 * value(p["relative_error"]),
+                yerr=_pct(p["relative_error"]),
+                color=color,
+                marker=marker,
+                capsize=3,
+                linestyle="none",
+            )
+            shown += [value(pred), p["observed"]]
+        notes.append(f"{PARAMETRIC_NAME} mean |error| {_percent(par['mean_abs_relative_error'])}")
+    else:
+        notes.append(f"{PARAMETRIC_NAME}: {par['reason']}")
+    if law["status"] == OK:
+        ax.errorbar(
+            value(law["predicted"]),
+            law["observed"],
+            xerr=error_bar(law["predicted"]),
+            color=color,
+            marker="d",
+            markersize=9,
+            markeredgecolor="black",
+            capsize=3,
+        )
+        shown += [value(law["predicted"]), law["observed"]]
+        notes.append(f"{LOSS_VS_COMPUTE_NAME} error {_percent(law['relative_error'])}")
+    else:
+        notes.append(f"{LOSS_VS_COMPUTE_NAME}: {law['reason']}")
+    return notes
+
+
+def _pct(iv: Interval):
     bar = error_bar(iv)
     return None if bar is None else [[100 * bar[0][0]], [100 * bar[1][0]]]
 
 
-def _percent(iv: dict) -> str:
+def _percent(iv: Interval) -> str:
     scaled = {k: None if iv.get(k) is None else 100 * iv[k] for k in ("value", "lo", "hi")}
     return fmt_interval(scaled, 2) + "%"

@@ -1,5 +1,5 @@
-"""Compute: final loss (and perplexity) against training FLOPs with the fitted frontier laws (the
-Mamba paper's Figure 4), and the compute-optimal N_opt and D_opt against compute by each approach."""
+"""Compute: final loss (and perplexity) against training FLOPs with the fitted loss-vs-compute laws
+(the Mamba paper's Figure 4), and the compute-optimal N_opt and D_opt against compute by each approach."""
 
 from __future__ import annotations
 
@@ -24,20 +24,20 @@ from reports.figures.style import (
     value,
     wrap,
 )
+from reports.names import APPROACH_NAMES
 from reports.numbers import fmt
+from tasks.fit.entries import APPROACH1, APPROACH2, LOSS_VS_COMPUTE, OK, PARAMETRIC, LossVsCompute
 
 EXTRAPOLATE = 10.0  # the laws are drawn one decade of compute past the largest run
-APPROACHES = (
-    ("approach1", "approach 1 (frontier)", ":"),
-    ("approach2", "approach 2 (IsoFLOP)", "--"),
-    ("parametric", "approach 3 (L(N, D))", "-"),
+APPROACHES = tuple(
+    (kind, APPROACH_NAMES[kind], style) for kind, style in ((APPROACH1, ":"), (APPROACH2, "--"), (PARAMETRIC, "-"))
 )
 
 
 def loss_vs_flops(runs: pd.DataFrame, fits: dict) -> Figure:
-    """Final validation loss (left) and perplexity (right) against training FLOPs, log-log. Frontier
-    runs filled, the others hollow; the fitted L = a C^-b solid over the runs and dashed for one decade
-    beyond, with its 95% bootstrap band and the predictions at the budgets that fall in view."""
+    """Final validation loss (left) and perplexity (right) against training FLOPs, log-log. The compute
+    frontier's runs filled, the others hollow; the fitted L = a C^-b solid over the runs and dashed
+    for one decade beyond, with its 95% bootstrap band and the predictions at the budgets in view."""
     palette = Palette.of(runs)
     labels, flops, done = series_of(runs), flops_of(runs), completed(runs)
     fig, axes = panels(2, extra_width=2.8, sharex=True)
@@ -45,7 +45,7 @@ def loss_vs_flops(runs: pd.DataFrame, fits: dict) -> Figure:
     for series in palette.series:
         color, marker = palette.color(series), palette.marker(series)
         mine = labels == series
-        fit, reason = fit_entry(fits, "power_law", series)
+        fit, reason = fit_entry(fits, LOSS_VS_COMPUTE, series)
         front = runs["run_id"].astype(str).isin({str(p["run_id"]) for p in (fit or {}).get("points", [])}) & mine
         for ax, to_y in zip(axes[0], (np.asarray, np.exp)):
             hollow = mine & done & ~front
@@ -91,7 +91,7 @@ def loss_vs_flops(runs: pd.DataFrame, fits: dict) -> Figure:
     return fig
 
 
-def _draw_law(ax, fit: dict, color, to_y) -> None:
+def _draw_law(ax, fit: LossVsCompute, color, to_y) -> None:
     a, b = value(fit["params"]["a"]), value(fit["params"]["b"])
     ran = [p["flops"] for p in fit["points"]]
     lo, top = min(ran), max(ran)
@@ -163,9 +163,22 @@ def allocation(runs: pd.DataFrame, fits: dict) -> Figure:
     handles += [Line2D([], [], color="grey", linestyle=style, label=name) for _, name, style in APPROACHES]
     handles += [
         Line2D(
-            [], [], color="grey", marker="o", markerfacecolor="none", linestyle="none", label="approach 1: frontier run"
+            [],
+            [],
+            color="grey",
+            marker="o",
+            markerfacecolor="none",
+            linestyle="none",
+            label=f"{APPROACH_NAMES[APPROACH1]}: frontier run",
         ),
-        Line2D([], [], color="grey", marker="s", linestyle="none", label="approach 2: parabola minimum (95%)"),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="s",
+            linestyle="none",
+            label=f"{APPROACH_NAMES[APPROACH2]}: parabola minimum (95%)",
+        ),
         Line2D([], [], color="grey", marker="d", linestyle="none", label="prediction at a budget (95%)"),
     ]
     handles += [Line2D([], [], linestyle="none", label=wrap(f"not fitted: {s}", 50)) for s in skipped]
@@ -176,14 +189,14 @@ def allocation(runs: pd.DataFrame, fits: dict) -> Figure:
 
 
 def _observed_optima(ax_n, ax_d, fits: dict, series: str, color) -> None:
-    first, _ = fit_entry(fits, "approach1", series)
+    first, _ = fit_entry(fits, APPROACH1, series)
     for p in (first or {}).get("points", []):
         ax_n.plot(p["flops"], p["n_params"], marker="o", markerfacecolor="none", color=color, linestyle="none")
         ax_d.plot(p["flops"], p["tokens"], marker="o", markerfacecolor="none", color=color, linestyle="none")
     # Approach 2's minima exist even when too few budgets had one for its power law.
-    profiles = fits.get("approach2", {}).get(series, {}).get("profiles", [])
+    profiles = fits.get(APPROACH2, {}).get(series, {}).get("profiles", [])
     for p in profiles:
-        if p["status"] != "ok":
+        if p["status"] != OK:
             continue
         n = p["n_opt"]
         ax_n.errorbar(p["flops"], value(n), yerr=error_bar(n), color=color, marker="s", markersize=4, capsize=2)

@@ -28,6 +28,7 @@ from reports.figures.style import (
     value,
 )
 from reports.numbers import fmt
+from tasks.fit.entries import LAW, LEARNING_RATE, OK
 
 
 def loss_curves(runs: pd.DataFrame, curves: pd.DataFrame) -> Figure:
@@ -84,8 +85,8 @@ def loss_vs_lr(runs: pd.DataFrame, fits: dict) -> Figure:
     done = completed(runs)
     for ax, series in zip(axes, palette.series):
         mine = runs[labels == series]
-        fit, reason = fit_entry(fits, "learning_rate", series)
-        optima = {(p["n_params"], p["tokens"]): p for p in (fit or {}).get("points", []) if p["status"] == "ok"}
+        fit, reason = fit_entry(fits, LEARNING_RATE, series)
+        optima = {(p["n_params"], p["tokens"]): p for p in (fit or {}).get("points", []) if p["status"] == OK}
         for (n_params, tokens), point in mine.groupby(["n_params", "tokens"], sort=True):
             color = palette.size_color(n_params)
             mean = point[done[point.index]].groupby("lr")["val_loss"].mean()
@@ -115,9 +116,9 @@ def loss_vs_lr(runs: pd.DataFrame, fits: dict) -> Figure:
                     linestyle="none",
                     zorder=4,
                 )
-        law = (fit or {}).get("power_law", {})
+        law = (fit or {}).get(LAW, {})
         title = series
-        if law.get("status") == "ok":
+        if law.get("status") == OK:
             title += f"\nlr_opt ∝ N^-p, p = {fmt(value(law['p']))}"
         ax.set_title(title)
         log_axes(ax)
@@ -128,29 +129,17 @@ def loss_vs_lr(runs: pd.DataFrame, fits: dict) -> Figure:
     axes[0].set_ylabel("final validation loss")
     plain_log_ticks(axes[0].yaxis)
     fig.colorbar(ScalarMappable(norm=palette.sizes, cmap=SIZE_CMAP), ax=list(axes), label="parameters N")
+    fig.legend(handles=_lr_legend(runs, done), loc="outside right upper", fontsize="small")
+    return fig
+
+
+def _lr_legend(runs: pd.DataFrame, done: pd.Series) -> list[Line2D]:
+    optimum = {"marker": "*", "markersize": 11, "markeredgecolor": "black", "linestyle": "none"}
+    best = {"marker": "o", "markersize": 9, "markerfacecolor": "none", "linestyle": "none"}
     handles = [
-        Line2D(
-            [],
-            [],
-            color="grey",
-            marker="*",
-            markersize=11,
-            markeredgecolor="black",
-            linestyle="none",
-            label="fitted optimum (95%)",
-        ),
-        Line2D(
-            [],
-            [],
-            color="black",
-            marker="o",
-            markersize=9,
-            markerfacecolor="none",
-            linestyle="none",
-            label="best run (no fit)",
-        ),
+        Line2D([], [], color="grey", **optimum, label="fitted optimum (95%)"),
+        Line2D([], [], color="black", **best, label="best run (no fit)"),
     ]
     if (~done).any():
         handles.append(Line2D([], [], color="grey", **NOT_DONE, label=not_done_label(runs, done)))
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
-    return fig
+    return handles

@@ -27,7 +27,9 @@ from reports.figures.style import (
     value,
     wrap,
 )
+from reports.names import PARAMETRIC_NAME
 from reports.numbers import fmt
+from tasks.fit.entries import APPROACH2, OK, PARAMETRIC
 
 LOSS_CMAP = "viridis_r"
 CONTOURS = 12
@@ -41,10 +43,10 @@ def isoflop_profiles(runs: pd.DataFrame, fits: dict) -> Figure:
     labels = series_of(runs)
     fig, axes = panels(len(palette.series), extra_width=1.4, sharey=True)
     axes = axes[0]
-    all_flops = [p["flops"] for s in palette.series for p in fits.get("approach2", {}).get(s, {}).get("profiles", [])]
+    all_flops = [p["flops"] for s in palette.series for p in fits.get(APPROACH2, {}).get(s, {}).get("profiles", [])]
     norm = LogNorm(min(all_flops) / 1.5, max(all_flops) * 1.5) if all_flops else LogNorm(1, 10)
     for ax, series in zip(axes, palette.series):
-        entry = fits.get("approach2", {}).get(series) or {}
+        entry = fits.get(APPROACH2, {}).get(series) or {}
         profiles = entry.get("profiles", [])
         ax.set_title(series)
         if not profiles:
@@ -59,7 +61,7 @@ def isoflop_profiles(runs: pd.DataFrame, fits: dict) -> Figure:
                 .mean()
             )
             color = BUDGET_CMAP(norm(profile["flops"]))
-            if profile["status"] != "ok":
+            if profile["status"] != OK:
                 ax.plot(points.index, points.values, color=color, marker="o", markerfacecolor="none", linestyle=":")
                 dropped.append(f"{fmt(profile['flops'])} FLOPs: {profile['reason']}")
                 continue
@@ -79,7 +81,7 @@ def isoflop_profiles(runs: pd.DataFrame, fits: dict) -> Figure:
                 capsize=2,
                 zorder=4,
             )
-        if entry.get("status") != "ok":
+        if entry.get("status") != OK:
             dropped.insert(0, f"no power law of the minima: {entry['reason']}")
         log_axes(ax)
         ax.set_xlabel("parameters N")
@@ -119,13 +121,13 @@ def loss_contours(runs: pd.DataFrame, fits: dict) -> Figure:
     for ax, series in zip(axes, palette.series):
         mine = runs[(labels == series) & done]
         ax.set_title(series)
-        fit, reason = fit_entry(fits, "parametric", series)
+        fit, reason = fit_entry(fits, PARAMETRIC, series)
         if not fit:
             ax.scatter(mine["n_params"], mine["tokens"], color="grey", s=12)
             ax.text(
                 0.5,
                 0.5,
-                wrap(f"L(N, D) not fitted: {reason}", 40),
+                wrap(f"{PARAMETRIC_NAME} not fitted: {reason}", 40),
                 ha="center",
                 va="center",
                 transform=ax.transAxes,
@@ -171,7 +173,7 @@ def loss_contours(runs: pd.DataFrame, fits: dict) -> Figure:
         conv = fit["convergence"]
         if not conv["converged"]:
             bound = f" ({', '.join(conv['on_bound'])})" if conv["on_bound"] else ""
-            footnote(ax, [f"⚠ L(N, D) fit: {conv['state']}{bound}; read it with care"])
+            footnote(ax, [f"⚠ {PARAMETRIC_NAME} fit: {conv['state']}{bound}; read it with care"])
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=LOSS_CMAP), ax=list(axes), label="loss (contours and runs)")
     plain_log_ticks(bar.ax.yaxis)
     handles = [

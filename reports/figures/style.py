@@ -20,6 +20,9 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, NullFormatter
 
+from tasks.fit.entries import OK, Interval
+from tasks.status import COMPLETED
+
 # The Mamba paper's five families first; any other architecture takes the next unused tab10 colour.
 ARCH_COLORS = {
     "transformer": "#1f77b4",
@@ -90,8 +93,8 @@ def size_norm(n_params: pd.Series) -> LogNorm:
 
 
 def completed(runs: pd.DataFrame) -> pd.Series:
-    status = runs["status"] if "status" in runs else pd.Series("completed", index=runs.index)
-    return (status == "completed") & np.isfinite(runs["val_loss"].astype(float))
+    status = runs["status"] if "status" in runs else pd.Series(COMPLETED, index=runs.index)
+    return (status == COMPLETED) & np.isfinite(runs["val_loss"].astype(float))
 
 
 def flops_of(runs: pd.DataFrame) -> pd.Series:
@@ -101,8 +104,8 @@ def flops_of(runs: pd.DataFrame) -> pd.Series:
 
 
 def not_done_label(runs: pd.DataFrame, done: pd.Series) -> str:
-    status = runs["status"] if "status" in runs else pd.Series("completed", index=runs.index)
-    counts = status[~done].where(status[~done] != "completed", "no final loss").value_counts().sort_index()
+    status = runs["status"] if "status" in runs else pd.Series(COMPLETED, index=runs.index)
+    counts = status[~done].where(status[~done] != COMPLETED, "no final loss").value_counts().sort_index()
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
@@ -174,16 +177,16 @@ def fit_entry(fits: dict, kind: str, series: str) -> tuple[dict | None, str | No
     entry = fits.get(kind, {}).get(series)
     if entry is None:
         return None, "not in the fits"
-    if entry.get("status") != "ok":
+    if entry.get("status") != OK:
         return None, entry.get("reason", "skipped")
     return entry, None
 
 
-def value(iv: dict | None) -> float:
+def value(iv: Interval | None) -> float:
     return float("nan") if not iv or iv.get("value") is None else float(iv["value"])
 
 
-def error_bar(iv: dict | None) -> tuple[list[float], list[float]] | None:
+def error_bar(iv: Interval | None) -> tuple[list[float], list[float]] | None:
     """Matplotlib's (below, above) distances from an interval, or None without bootstrap bounds."""
     if not iv or iv.get("lo") is None or iv.get("hi") is None:
         return None

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -42,6 +41,7 @@ from tasks.data.corpus import (
 from tasks.data.encode import write_tokens
 from tasks.data.genome import VOCAB_SIZE
 from tasks.data.genome_cache import check_genome, prepare_genome
+from tasks.data.mixture import check_sets, select
 from tasks.data.sample_corpus import build_sample_corpus, check_sample_dir
 from tasks.data.tokenizer import end_token_id, load_tokenizer, parse_spec, user_tokenizer
 
@@ -99,38 +99,6 @@ def vocab_size_for(cfg: DataConfig) -> int:
     return user_tokenizer(path).get_vocab_size(with_added_tokens=True)
 
 
-def _weight(name: str, index: int, weight: float) -> int:
-    """How many times the index-th document of set `name` goes into the train stream under `weight`
-    epochs: the whole part always, the fraction by a hash of (name, index), so the same documents
-    are chosen on every build and machine."""
-    whole, frac = divmod(weight, 1.0)
-    u = int.from_bytes(hashlib.blake2b(f"{name}/{index}".encode(), digest_size=8).digest(), "big") / 2**64
-    return int(whole) + (u < frac)
-
-
-def _select(records: Iterable[tuple[str, str]], cfg: DataConfig, weigh: bool) -> Iterator[tuple[str, str]]:
-    """The (text, set name) records of cfg's subsets, each repeated by its mixture weight if `weigh`."""
-    keep = set(cfg.subsets) if cfg.subsets else None
-    weights = cfg.mixture if weigh and cfg.mixture else {}
-    seen: dict[str, int] = {}
-    for text, name in records:
-        if keep is not None and name not in keep:
-            continue
-        index = seen[name] = seen.get(name, -1) + 1
-        for _ in range(_weight(name, index, weights[name]) if name in weights else 1):
-            yield text, name
-
-
-def _check_sets(cfg: DataConfig, seen: Iterable[str], corpus: Path) -> None:
-    """A subset or mixture name that matched no document is a typo until shown otherwise."""
-    seen = set(seen)
-    for what, names in (("data.subsets", cfg.subsets or []), ("data.mixture", cfg.mixture or {})):
-        if missing := sorted(set(names) - seen):
-            raise DataError(
-                f"{what}: no document of {', '.join(missing)} in {corpus} (sets there: {', '.join(sorted(seen))})"
-            )
-
-
 def _hold_out_tail(train: Path, val: Path, dtype, eot: int, n_docs: int, val_tokens: int, corpus: Path):
     """Move the stream's last documents (val_tokens tokens from a document start) out of train into val.
 
@@ -178,10 +146,10 @@ def _write_streams(cfg: DataConfig, corpus: Path, layout: str, tok, tmp: Path, s
     train, val = tmp / "train.bin", tmp / "val.bin"
     has_val = layout == "pile" and pile_files(corpus)[1] is not None
     write = partial(write_tokens, tok, dtype=dtype, eot=eot, workers=workers)
-    wrote = write(_select(_records(corpus, layout, "train", skips), cfg, weigh=True), train)
-    _check_sets(cfg, wrote.set_documents, corpus)
+    wrote = write(select(_records(corpus, layout, "train", skips), cfg, weigh=True), train)
+    check_sets(cfg, wrote.set_documents, corpus)
     if has_val:
-        wrote_val = write(_select(_records(corpus, layout, "val", skips), cfg, weigh=False), val, limit=cfg.val_tokens)
+        wrote_val = write(select(_records(corpus, layout, "val", skips), cfg, weigh=False), val, limit=cfg.val_tokens)
         n_train, n_val, d_train, d_val = wrote.tokens, wrote_val.tokens, wrote.documents, wrote_val.documents
     else:
         wrote_val = None
@@ -215,7 +183,7 @@ def _build(cfg: DataConfig, corpus: Path, layout: str, files: list[dict], key: s
         tok_cache = data_root / f"tokenizer-{sha256_json([layout, files, cfg.subsets])[:16]}"
 
         def train_texts():
-            return (text for text, _ in _select(_records(corpus, layout, "train", skips), cfg, weigh=False))
+            return (text for text, _ in select(_records(corpus, layout, "train", skips), cfg, weigh=False))
 
         tok = load_tokenizer(cfg.tokenizer, train_texts, tok_cache)
         t_tok = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """The compute frontier: for each compute budget the lowest final loss, where it beats every cheaper budget.
 
 On it, per architecture:
-- the loss-vs-compute power law L = a * C^-b (the Mamba paper's Figure 4), least squares in log-log;
+- the loss-vs-compute law L = a * C^-b (the Mamba paper's Figure 4), least squares in log-log;
 - Chinchilla approach 1: the frontier runs' sizes give N_opt(C) = G * C^a, and D_opt = C / (6 N_opt);
 - between architectures, the compute multiplier at equal loss.
 
@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from tasks.fit.entries import OK, Approach1, ComputeMultipliers, LossVsCompute, Skipped
 from tasks.fit.stats import Bootstrap, interval, losses_equal, percentile, r2, resample_counts, skipped, weighted_line
 from tasks.fit.table import budget_groups
 
 MIN_FRONTIER_POINTS = 3  # two points always fit a line exactly
 MIN_OFFSET_POINTS = 5  # L = E + a C^-b: three parameters, two degrees of freedom left
 BAND_POINTS = 50
-POWER_LAW_FORM = "L = a * C^-b"
+LOSS_VS_COMPUTE_FORM = "L = a * C^-b"
 APPROACH1_FORM = "N_opt = G * C^a, D_opt = C / (6 N_opt), so b = 1 - a"
 MULTIPLIER_FORM = (
     "C_reference(L) / C_arch(L) at the loss L the reference's law gives at each compute C: "
@@ -78,22 +79,24 @@ def _frontier_or_reason(runs: pd.DataFrame) -> tuple[np.ndarray, str | None]:
 
 
 @dataclass
-class PowerLaw:
-    entry: dict  # the `power_law` entry of fits.json
+class LossVsComputeFit:
+    entry: LossVsCompute | Skipped  # its entry in fits.json
     estimate: np.ndarray | None = None  # (1, 2): b, log a
     samples: np.ndarray | None = None  # (resamples, 2), NaN rows where a resample had too short a frontier
 
 
-def fit_power_law(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> PowerLaw:
+def fit_loss_vs_compute(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> LossVsComputeFit:
     front, reason = _frontier_or_reason(runs)
     if reason:
-        return PowerLaw(skipped(reason))
+        return LossVsComputeFit(skipped(reason))
     flops, loss = runs["flops"].to_numpy(float), runs["val_loss"].to_numpy(float)
     log_c, log_l = np.log(flops), np.log(loss)
     weights = np.zeros(len(runs))
     weights[front] = 1.0
     slope, intercept = (float(v[0]) for v in weighted_line(log_c, log_l, weights[None]))
-    samples = _boot_lines(log_c, log_l, flops, loss, boot, "power_law")  # (slope, intercept) = (-b, log a)
+    # (slope, intercept) = (-b, log a). "power_law", the law's name before loss_vs_compute, only seeds the
+    # bootstrap's draws here: renaming the stream would change every interval a given seed gives.
+    samples = _boot_lines(log_c, log_l, flops, loss, boot, "power_law")
     b, log_a = -slope, intercept
     b_s, log_a_s = -samples[:, 0], samples[:, 1]
     # Out to one decade past the largest run: the extrapolation the report draws, with its band.
@@ -101,9 +104,9 @@ def fit_power_law(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
     curves = np.exp(log_a_s[:, None] - b_s[:, None] * np.log(grid))  # (resamples, grid)
     pred = np.asarray(budgets, float)
     pred_s = np.exp(log_a_s[:, None] - b_s[:, None] * np.log(pred))
-    entry = {
-        "status": "ok",
-        "form": POWER_LAW_FORM,
+    entry: LossVsCompute = {
+        "status": OK,
+        "form": LOSS_VS_COMPUTE_FORM,
         "params": {"a": interval(np.exp(log_a), np.exp(log_a_s)), "b": interval(b, b_s)},
         "r2": r2(log_l[front], log_l[front] - (log_a - b * log_c[front])),
         "n_runs": len(runs),
@@ -120,11 +123,11 @@ def fit_power_law(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
         ],
         "bootstrap": boot.info(samples),
     }
-    return PowerLaw(entry, np.array([[b, log_a]]), np.stack([b_s, log_a_s], axis=1))
+    return LossVsComputeFit(entry, np.array([[b, log_a]]), np.stack([b_s, log_a_s], axis=1))
 
 
 def _offset_fit(flops: np.ndarray, loss: np.ndarray) -> dict:
-    """L = E + a * C^-b for comparison: the pure power law cannot bend towards an irreducible loss."""
+    """L = E + a * C^-b for comparison: L = a * C^-b cannot bend towards an irreducible loss."""
     c_ref = np.exp(np.log(flops).mean())  # C in units of its geometric mean keeps a O(1) during the search
     x, y = flops / c_ref, np.log(loss)
 
@@ -138,7 +141,7 @@ def _offset_fit(flops: np.ndarray, loss: np.ndarray) -> dict:
     return {"E": e, "a": np.exp(log_a) * c_ref**b, "b": b, "r2": r2(y, res.fun), "success": bool(res.success)}
 
 
-def fit_approach1(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> dict:
+def fit_approach1(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> Approach1 | Skipped:
     """Chinchilla approach 1 on the frontier of final losses: N_opt = G * C^a through the frontier runs' sizes."""
     front, reason = _frontier_or_reason(runs)
     if reason:
@@ -167,7 +170,7 @@ def fit_approach1(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
         )
     tokens = runs["tokens"].to_numpy(float)
     return {
-        "status": "ok",
+        "status": OK,
         "method": "Chinchilla approach 1: the frontier of final losses over compute",
         "form": APPROACH1_FORM,
         "exponents": {
@@ -191,11 +194,11 @@ def fit_approach1(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
     }
 
 
-def compute_multipliers(laws: dict[str, PowerLaw], reference: str, budgets: list[float]) -> dict:
+def compute_multipliers(laws: dict[str, LossVsComputeFit], reference: str, budgets: list[float]) -> ComputeMultipliers:
     """For each architecture against `reference`, how many times less compute it needs for the same loss:
     at the largest compute both were run at (no extrapolation), then at each budget."""
     out = {"reference": reference, "form": MULTIPLIER_FORM, "archs": {}}
-    ref = laws.get(reference) or PowerLaw(skipped(f"{reference} is not in the runs table"))
+    ref = laws.get(reference) or LossVsComputeFit(skipped(f"{reference} is not in the runs table"))
     for arch, law in laws.items():
         if arch == reference:
             continue
@@ -216,7 +219,7 @@ def compute_multipliers(laws: dict[str, PowerLaw], reference: str, budgets: list
                     "extrapolated": c > observed,
                 }
             )
-        out["archs"][arch] = {"status": "ok", "at": at}
+        out["archs"][arch] = {"status": OK, "at": at}
     return out
 
 

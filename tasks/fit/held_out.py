@@ -3,7 +3,7 @@
 This is how the OLMo ladder and Llama 3 test a fitted law before trusting its extrapolation: the
 largest budget is what a law is for, and fitting it in hides how well the law extrapolates. The
 largest compute scale is the most expensive budget group (tasks.fit.table.budget_groups). Both
-L(N, D) (each held-out (N, D) at its best learning rate) and the loss-vs-compute power law (the
+L(N, D) (each held-out (N, D) at its best learning rate) and the loss-vs-compute law (the
 lowest held-out loss, at its compute) are checked; a relative error is predicted / observed - 1.
 """
 
@@ -12,14 +12,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.fit.frontier import fit_power_law
+from tasks.fit.entries import (
+    LOSS_VS_COMPUTE,
+    OK,
+    PARAMETRIC,
+    HeldOut,
+    HeldOutLossVsCompute,
+    HeldOutParametric,
+    Skipped,
+)
+from tasks.fit.frontier import fit_loss_vs_compute
 from tasks.fit.objective import log_predict
 from tasks.fit.parametric import fit_law
 from tasks.fit.stats import Bootstrap, interval, skipped
 from tasks.fit.table import best_lr_points, budget_groups
 
 
-def fit_held_out(runs: pd.DataFrame, starts: np.ndarray, boot: Bootstrap) -> dict:
+def fit_held_out(runs: pd.DataFrame, starts: np.ndarray, boot: Bootstrap) -> HeldOut | Skipped:
     labels = budget_groups(runs["flops"].to_numpy(float))
     top = labels == labels.max() if len(labels) else np.zeros(0, bool)
     if not (~top).any():
@@ -27,16 +36,18 @@ def fit_held_out(runs: pd.DataFrame, starts: np.ndarray, boot: Bootstrap) -> dic
     train, test = runs[~top], runs[top]
     boot = Bootstrap(boot.resamples, boot.seed, f"{boot.key}/held-out")
     return {
-        "status": "ok",
+        "status": OK,
         "flops": float(np.exp(np.log(test["flops"]).mean())),
         "run_ids": list(test["run_id"]),
         "n_fit_runs": len(train),
-        "parametric": _parametric(train, test, starts, boot),
-        "power_law": _power_law(train, test, boot),
+        PARAMETRIC: _parametric(train, test, starts, boot),
+        LOSS_VS_COMPUTE: _loss_vs_compute(train, test, boot),
     }
 
 
-def _parametric(train: pd.DataFrame, test: pd.DataFrame, starts: np.ndarray, boot: Bootstrap) -> dict:
+def _parametric(
+    train: pd.DataFrame, test: pd.DataFrame, starts: np.ndarray, boot: Bootstrap
+) -> HeldOutParametric | Skipped:
     law = fit_law(best_lr_points(train), starts, boot)
     if isinstance(law, str):
         return skipped(f"L(N, D) without the largest compute scale: {law}")
@@ -46,7 +57,7 @@ def _parametric(train: pd.DataFrame, test: pd.DataFrame, starts: np.ndarray, boo
     predicted_s = np.exp(log_predict(law.samples.T[:, :, None], np.log(n), np.log(d)))  # (resamples, points)
     error, error_s = predicted / observed - 1, predicted_s / observed - 1
     return {
-        "status": "ok",
+        "status": OK,
         "convergence": law.convergence["state"],
         "points": [
             {
@@ -63,8 +74,8 @@ def _parametric(train: pd.DataFrame, test: pd.DataFrame, starts: np.ndarray, boo
     }
 
 
-def _power_law(train: pd.DataFrame, test: pd.DataFrame, boot: Bootstrap) -> dict:
-    law = fit_power_law(train, [], boot)
+def _loss_vs_compute(train: pd.DataFrame, test: pd.DataFrame, boot: Bootstrap) -> HeldOutLossVsCompute | Skipped:
+    law = fit_loss_vs_compute(train, [], boot)
     if law.estimate is None:
         return skipped(f"loss vs compute without the largest compute scale: {law.entry['reason']}")
     best = test.loc[test["val_loss"].idxmin()]
@@ -73,7 +84,7 @@ def _power_law(train: pd.DataFrame, test: pd.DataFrame, boot: Bootstrap) -> dict
     predicted_s = np.exp(law.samples[:, 1] - law.samples[:, 0] * log_c)
     observed = float(best["val_loss"])
     return {
-        "status": "ok",
+        "status": OK,
         "run_id": best["run_id"],
         "flops": float(best["flops"]),
         "observed": observed,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tasks.fit.entries import DROPPED, OK, Approach2, Approach2Skipped, Profile
 from tasks.fit.stats import (
     Bootstrap,
     interval,
@@ -34,7 +35,7 @@ MIN_BUDGETS = 3  # two vertices always fit a line exactly
 FORM = "N_opt = G * C^a, D_opt = C / (6 N_opt), so b = 1 - a"
 
 
-def fit_approach2(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> dict:
+def fit_approach2(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> Approach2 | Approach2Skipped:
     points = best_lr_points(runs)
     if reason := losses_equal(points["val_loss"].to_numpy(float)):
         return skipped(reason)
@@ -49,7 +50,7 @@ def fit_approach2(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
             log_c.append(np.log(profile["flops"]))
             log_n_opt.append(vertex)
             log_n_opt_s.append(vertex_s)
-    used = sum(p["status"] == "ok" for p in profiles)
+    used = sum(p["status"] == OK for p in profiles)
     if used < MIN_BUDGETS:
         multi = sum(p["n_sizes"] >= MIN_SIZES for p in profiles)
         return {
@@ -76,7 +77,7 @@ def fit_approach2(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
             }
         )
     return {
-        "status": "ok",
+        "status": OK,
         "method": "Chinchilla approach 2: a parabola in log N per compute budget (IsoFLOP profile)",
         "form": FORM,
         "exponents": {
@@ -91,7 +92,7 @@ def fit_approach2(runs: pd.DataFrame, budgets: list[float], boot: Bootstrap) -> 
     }
 
 
-def _profile(points: pd.DataFrame, counts: np.ndarray) -> tuple[dict, float | None, np.ndarray | None]:
+def _profile(points: pd.DataFrame, counts: np.ndarray) -> tuple[Profile, float | None, np.ndarray | None]:
     """One budget's entry, its vertex log N_opt and the vertex per resample (NaN where not a bracketed minimum)."""
     n, loss = points["n_params"].to_numpy(float), points["val_loss"].to_numpy(float)
     flops = float(np.exp(np.log(points["flops"].to_numpy(float)).mean()))
@@ -102,7 +103,7 @@ def _profile(points: pd.DataFrame, counts: np.ndarray) -> tuple[dict, float | No
     }
     if entry["n_sizes"] < MIN_SIZES:
         return (
-            {**entry, "status": "dropped", "reason": f"{entry['n_sizes']} size(s); a parabola needs {MIN_SIZES}"},
+            {**entry, "status": DROPPED, "reason": f"{entry['n_sizes']} size(s); a parabola needs {MIN_SIZES}"},
             None,
             None,
         )
@@ -113,7 +114,7 @@ def _profile(points: pd.DataFrame, counts: np.ndarray) -> tuple[dict, float | No
             if low == "not convex"
             else f"the minimum lies outside the sizes run ({n.min():.3g} to {n.max():.3g} parameters)"
         )
-        return {**entry, "status": "dropped", "reason": why}, None, None
+        return {**entry, "status": DROPPED, "reason": why}, None, None
     (x, x_s), (y, y_s) = low.intervals()
-    entry |= {"status": "ok", "n_opt": interval(np.exp(x), np.exp(x_s)), "loss_min": interval(y, y_s)}
+    entry |= {"status": OK, "n_opt": interval(np.exp(x), np.exp(x_s)), "loss_min": interval(y, y_s)}
     return entry, low.x, low.x_s

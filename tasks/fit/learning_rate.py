@@ -1,5 +1,5 @@
 """The learning-rate optimum: per (N, D), a quadratic in log(lr) through the sweep's runs; then how
-the optimum moves with model size, lr_opt = k * N^-p.
+the optimum moves with model size, the law lr_opt = k * N^-p.
 
 Every run (each seed too) is a point of its (N, D)'s quadratic. An optimum is used only when the
 quadratic opens upward and its vertex lies within the learning rates swept: one beyond them says
@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tasks.fit.entries import DROPPED, LAW, OK, LearningRate, LearningRateSkipped, LrPoint
 from tasks.fit.stats import (
     Bootstrap,
+    Minimum,
     interval,
     parabola_minimum,
     r2,
@@ -29,7 +31,7 @@ MIN_SIZES = 3  # two optima always fit a line exactly
 FORM = "lr_opt = k * N^-p"
 
 
-def fit_learning_rate(runs: pd.DataFrame, boot: Bootstrap) -> dict:
+def fit_learning_rate(runs: pd.DataFrame, boot: Bootstrap) -> LearningRate | LearningRateSkipped:
     if "lr" not in runs or not np.isfinite(runs["lr"].to_numpy(float)).any():
         return skipped("the runs table has no lr column")
     runs = runs[np.isfinite(runs["lr"].to_numpy(float)) & (runs["lr"].to_numpy(float) > 0)]
@@ -55,15 +57,15 @@ def fit_learning_rate(runs: pd.DataFrame, boot: Bootstrap) -> dict:
             **skipped("no (n_params, tokens) point has a learning-rate optimum inside its swept range"),
             "points": points,
         }
-    entry = {"status": "ok", "form": FORM, "points": points}
+    entry: LearningRate = {"status": OK, "form": FORM, "points": points}
     if np.unique(log_n).size < MIN_SIZES:
-        entry["power_law"] = skipped(f"optima at {np.unique(log_n).size} size(s); the power law in N needs {MIN_SIZES}")
+        entry[LAW] = skipped(f"optima at {np.unique(log_n).size} size(s); the power law in N needs {MIN_SIZES}")
         return entry
     log_n, log_lr, log_lr_s = np.array(log_n), np.array(log_lr), np.array(log_lr_s).T  # (resamples, points)
     slope, log_k = (float(v[0]) for v in weighted_line(log_n, log_lr, np.ones((1, len(log_n)))))
     slope_s, log_k_s = resampled_line(log_n, log_lr_s, boot.rng("learning_rate/points"), MIN_SIZES)
-    entry["power_law"] = {
-        "status": "ok",
+    entry[LAW] = {
+        "status": OK,
         "form": FORM,
         "k": interval(np.exp(log_k), np.exp(log_k_s)),
         "p": interval(-slope, -slope_s),
@@ -74,7 +76,7 @@ def fit_learning_rate(runs: pd.DataFrame, boot: Bootstrap) -> dict:
     return entry
 
 
-def _optimum(runs: pd.DataFrame, counts: np.ndarray):
+def _optimum(runs: pd.DataFrame, counts: np.ndarray) -> tuple[LrPoint, Minimum | None]:
     lr, loss = runs["lr"].to_numpy(float), runs["val_loss"].to_numpy(float)
     point = {
         "n_params": float(runs["n_params"].iloc[0]),
@@ -85,7 +87,7 @@ def _optimum(runs: pd.DataFrame, counts: np.ndarray):
     if point["n_lrs"] < MIN_LRS:
         return {
             **point,
-            "status": "dropped",
+            "status": DROPPED,
             "reason": f"{point['n_lrs']} learning rate(s); a quadratic needs {MIN_LRS}",
         }, None
     low = parabola_minimum(np.log(lr), loss, counts)
@@ -95,7 +97,7 @@ def _optimum(runs: pd.DataFrame, counts: np.ndarray):
             if low == "not convex"
             else f"the best learning rate lies outside the swept range ({lr.min():.3g} to {lr.max():.3g}): widen it"
         )
-        return {**point, "status": "dropped", "reason": why}, None
+        return {**point, "status": DROPPED, "reason": why}, None
     (x, x_s), (y, y_s) = low.intervals()
-    point |= {"status": "ok", "lr_opt": interval(np.exp(x), np.exp(x_s)), "loss_opt": interval(y, y_s)}
+    point |= {"status": OK, "lr_opt": interval(np.exp(x), np.exp(x_s)), "loss_opt": interval(y, y_s)}
     return point, low

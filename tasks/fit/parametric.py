@@ -8,7 +8,7 @@ The objective (tasks.fit.objective) is minimised from a grid of starting points,
    KEEP by then rarely wins;
 2. the best KEEP run on, batched, for up to RUN_ITERS steps;
 3. the best POLISH are polished by scipy's L-BFGS-B (analytic gradient, tight tolerances) and the
-   lowest objective wins. `python -m tasks.fit.bench` checks this against polishing every start.
+   lowest objective wins. `scaling bench fit` (tasks.bench.fit) checks this against polishing every start.
 
 Convergence is checked, not assumed: scipy must have stopped by its own convergence tests (or in
 its line search with a vanishing projected gradient), not on its iteration limit, and no
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeResult, minimize
 
+from tasks.fit.entries import OK, Convergence, Parametric, Skipped
 from tasks.fit.lbfgs import minimise_batch, projected_gradient
 from tasks.fit.objective import HUBER_DELTA, THETA_NAMES, log_predict, objective_batch, parametric_objective
 from tasks.fit.stats import Bootstrap, interval, losses_equal, resample_counts, skipped
@@ -54,6 +55,7 @@ LBFGS_OPTIONS = {"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000, "maxfun": 20000}
 # projected gradient below this fraction of the largest gradient the objective can have (every
 # residual at Huber's cap, pulling the same way).
 GRAD_TOLERANCE = 1e-7
+DEAD_SHARE = 1e-6  # a term below this share of the loss at every point has died out (dead_terms)
 AGREE = 1e-6  # relative objective difference within which two starts found the same optimum
 MIN_POINTS = 6  # more points than the five parameters
 MIN_DISTINCT = 3  # E, A and alpha need three sizes to be told apart (likewise D)
@@ -83,7 +85,7 @@ class Data:
 class LawFit:
     theta: np.ndarray  # (5,)
     samples: np.ndarray  # (resamples, 5), NaN rows where a resample gave no fit
-    convergence: dict
+    convergence: Convergence
 
 
 def start_grid(count: int | str = "full") -> np.ndarray:
@@ -148,11 +150,26 @@ def search(starts: np.ndarray, data: Data) -> tuple[OptimizeResult, dict]:
     return best, info
 
 
-def convergence(best: OptimizeResult, data: Data) -> dict:
+def dead_terms(theta: np.ndarray, data: Data) -> list[str]:
+    """The parameters of each term of L(N, D) that is below DEAD_SHARE of the loss at every point: such a
+    term has died out (its coefficient at the bound 0 in effect), wherever the optimizer left it, and
+    its exponent is not identified by the data."""
+    a, b, e, alpha, beta = theta
+    log_l = log_predict(theta, data.log_n, data.log_d)
+    terms = {
+        ("A", "alpha"): a - alpha * data.log_n,
+        ("B", "beta"): b - beta * data.log_d,
+        ("E",): np.full_like(log_l, e),
+    }
+    return [name for names, t in terms.items() if np.all(t - log_l < np.log(DEAD_SHARE)) for name in names]
+
+
+def convergence(best: OptimizeResult, data: Data) -> Convergence:
     pg = np.abs(projected_gradient(best.x, best.jac, LOWER, UPPER)).max()
-    on_bound = [
+    at_bound = {
         name for name, x, lo, hi in zip(THETA_NAMES, best.x, LOWER, UPPER) if min(x - lo, hi - x) <= 1e-6 * (hi - lo)
-    ]
+    }
+    on_bound = [name for name in THETA_NAMES if name in at_bound or name in dead_terms(best.x, data)]
     if on_bound:
         state = "on a bound"
     elif not _polished_ok(best, data):
@@ -214,7 +231,9 @@ def _polished_ok(res: OptimizeResult, data: Data, weights: np.ndarray | None = N
     return res.status == 2 and pg <= GRAD_TOLERANCE * data.grad_scale(weights)
 
 
-def fit_parametric(points: pd.DataFrame, budgets: list[float], starts: np.ndarray, boot: Bootstrap) -> dict:
+def fit_parametric(
+    points: pd.DataFrame, budgets: list[float], starts: np.ndarray, boot: Bootstrap
+) -> Parametric | Skipped:
     """Approach 3 on one architecture's best-learning-rate points, as its `parametric` entry in fits.json."""
     law = fit_law(points, starts, boot)
     if isinstance(law, str):
@@ -224,7 +243,7 @@ def fit_parametric(points: pd.DataFrame, budgets: list[float], starts: np.ndarra
     optimum, optimum_boot = allocation(law.theta, budgets), allocation(law.samples.T, budgets)
     predicted = np.exp(log_predict(law.theta, data.log_n, data.log_d))
     return {
-        "status": "ok",
+        "status": OK,
         "form": FORM,
         "params": {k: interval(values[k], spread[k]) for k in ("E", "A", "B", "alpha", "beta")},
         "exponents": {k: interval(values[k], spread[k]) for k in ("a", "b", "G")},

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.fit.entries import SKIPPED, BootstrapInfo, Interval, Skipped
+
 LEVEL = 95.0  # percent; intervals are percentile intervals of the bootstrap distribution
 
 
@@ -29,7 +31,7 @@ class Bootstrap:
         words = [int.from_bytes(hashlib.sha256(k.encode()).digest()[:4], "little") for k in (self.key, fit)]
         return np.random.default_rng([self.seed, *words])
 
-    def info(self, samples: np.ndarray) -> dict:
+    def info(self, samples: np.ndarray) -> BootstrapInfo:
         """How many resamples there were and how many gave a fit (the rest are left out of the intervals)."""
         ok = int(np.isfinite(samples).all(axis=tuple(range(1, samples.ndim))).sum()) if self.resamples else 0
         return {"resamples": self.resamples, "ok": ok, "seed": self.seed}
@@ -145,7 +147,7 @@ def percentile(samples, q: float, axis=None):
         return np.nanpercentile(finite, q, axis=axis)
 
 
-def interval(value, samples) -> dict:
+def interval(value, samples) -> Interval:
     """{"value", "lo", "hi"}: the estimate and its 95% bootstrap percentile interval (null without resamples)."""
     tail = (100.0 - LEVEL) / 2
     return {"value": value, "lo": percentile(samples, tail), "hi": percentile(samples, 100.0 - tail)}
@@ -156,9 +158,9 @@ def r2(y: np.ndarray, resid: np.ndarray) -> float | None:
     return float(1 - np.sum(resid**2) / total) if total > 0 else None
 
 
-def skipped(reason: str) -> dict:
+def skipped(reason: str) -> Skipped:
     """A fit that was not made: the reason in words, and no numbers."""
-    return {"status": "skipped", "reason": reason}
+    return {"status": SKIPPED, "reason": reason}
 
 
 def losses_equal(loss: np.ndarray) -> str | None:

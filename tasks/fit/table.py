@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.status import COMPLETED
+
 REQUIRED = ("n_params", "tokens", "val_loss")
 # Runs whose compute is within this factor of a budget's cheapest run count as that budget: real
 # FLOP counts of one IsoFLOP budget differ by rounding to whole steps and by size-dependent terms.
@@ -60,7 +62,7 @@ def prepare(runs: pd.DataFrame, drop_highest: int = 0) -> RunsTable:
         )
         table["flops"] = table["flops"].fillna(derived_flops)
     if "status" not in table:
-        table["status"] = "completed"
+        table["status"] = COMPLETED
         notes.append("The runs table has no status column: every run with a finite val_loss is taken as completed.")
     table["arch"] = table["arch"].fillna("unknown").astype(str) if "arch" in table else "all"
     table["run_id"] = table["run_id"].astype(str) if "run_id" in table else table.index.astype(str)
@@ -80,7 +82,7 @@ def prepare(runs: pd.DataFrame, drop_highest: int = 0) -> RunsTable:
 
 
 def _exclusion(run) -> str | None:
-    if run.status != "completed":
+    if run.status != COMPLETED:
         return f"status {run.status}"
     if not np.isfinite(run.val_loss):
         return "val_loss is not finite"

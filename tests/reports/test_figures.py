@@ -12,12 +12,12 @@ from reports.figures.style import ARCH_COLORS, Palette
 DRAW = {spec.stem: spec.draw for spec in FIGURES}
 # Which fits each figure shows; the demo's hyena has too few runs for any of them.
 SHOWS = {
-    "loss_vs_flops": ["power_law"],
+    "loss_vs_flops": ["loss_vs_compute"],
     "isoflop": ["approach2"],
     "loss_contours": ["parametric"],
     "allocation": ["approach1", "approach2", "parametric"],
     "loss_vs_lr": ["learning_rate"],
-    "residuals": ["power_law", "parametric", "approach1", "approach2", "learning_rate"],
+    "residuals": ["loss_vs_compute", "parametric", "approach1", "approach2", "learning_rate"],
 }
 
 
@@ -61,10 +61,10 @@ def test_held_out_figure_states_errors_and_reasons(tables):
     assert " ".join(fits["held_out"]["hyena"]["parametric"]["reason"].split()) in text
 
 
-def test_frontier_law_is_drawn_in_the_arch_colour_and_extrapolated_a_decade(tables):
+def test_loss_vs_compute_law_is_drawn_in_the_arch_colour_and_extrapolated_a_decade(tables):
     runs, curves, fits = tables
     fig = DRAW["loss_vs_flops"](runs, curves, fits)
-    law = fits["power_law"]["mamba"]
+    law = fits["loss_vs_compute"]["mamba"]
     a, b = law["params"]["a"]["value"], law["params"]["b"]["value"]
     solid, dashed = (lines_of(fig, ARCH_COLORS["mamba"], linestyle=s)[0] for s in ("-", "--"))
     for line in (solid, dashed):

@@ -13,8 +13,10 @@ from reports.numbers import fmt
 from reports.render import render_report
 from reports.summary import summary_markdown
 from tasks.fit import fit_runs
+from tasks.fit.entries import Fits
 from tests.reports.conftest import FIT
 from tests.reports.synthetic import synthetic_sweep
+from tests.tasks.fit.shapes import check_shape
 
 
 def markdown_section(md: str, heading: str) -> list[str]:
@@ -58,7 +60,7 @@ def test_summary_says_what_ran_who_wins_and_the_laws(demo, demo_report):
     assert "the largest compute every architecture ran: **mamba** has the lowest loss" in md
     assert "**mamba** reaches the loss transformer++ reaches" in md
     for arch in ("mamba", "transformer++"):
-        b = fmt(demo.fits["power_law"][arch]["params"]["b"]["value"])
+        b = fmt(demo.fits["loss_vs_compute"][arch]["params"]["b"]["value"])
         assert f"**{arch}**, loss vs compute: L ∝ C^-b with b = {b}" in md
         tpp = fmt(demo.fits["parametric"][arch]["predictions"][0]["tokens_per_param"]["value"])
         assert f"({tpp} tokens per parameter)" in md
@@ -66,6 +68,26 @@ def test_summary_says_what_ran_who_wins_and_the_laws(demo, demo_report):
     excluded = markdown_section(md, "### Runs left out of the fits")[2:]
     assert len(excluded) == 2 and any("status diverged" in row for row in excluded)
     assert "```yaml\nname: demo\narchitectures: [mamba, transformer++, hyena]\n```" in md
+
+
+def test_every_fit_has_one_name_and_frontier_names_only_the_frontier(demo, demo_report):
+    check_shape(demo.fits, Fits)  # the demo has every kind of entry: fitted, skipped, dropped points
+    md = demo_report["md"].read_text()
+    laws = markdown_section(
+        md, "### Loss vs compute: L = a · C^-b through the compute frontier (95% bootstrap intervals)"
+    )
+    assert laws[0] == "| arch | form | a | b | R² | frontier runs | notes |"
+    allocation = markdown_section(
+        md, next(line for line in md.splitlines() if line.startswith("### Compute-optimal alloc"))
+    )
+    assert {row.split(" | ")[1] for row in allocation[2:]} == {
+        "approach 1",
+        "approach 2 (IsoFLOP)",
+        "approach 3 (L(N, D))",
+    }
+    assert "| loss, L(N, D) | loss, loss vs compute |" in md and "held-out, loss vs compute" in md
+    for old in ("power_law", "frontier power law", "frontier law", "1: frontier", "approach 1 (frontier)"):
+        assert old not in md, old
 
 
 def tiny_sweep(fitted: bool = True) -> SweepResults:

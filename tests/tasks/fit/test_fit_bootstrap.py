@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.fit.frontier import fit_power_law
+from tasks.fit.frontier import fit_loss_vs_compute
 from tasks.fit.parametric import fit_law
 from tasks.fit.stats import Bootstrap, interval, resample_counts, stratified_counts, weighted_line, weighted_parabola
 from tasks.fit.table import best_lr_points, prepare
 from tests.tasks.fit.synthetic import ALPHA, BETA, A, B, E, grid_runs
 
 
-def test_power_law_intervals_cover_the_truth_95_percent_of_the_time():
+def test_loss_vs_compute_intervals_cover_the_truth_95_percent_of_the_time():
     # 100 trials of 40 runs on L = 30 C^-0.05 with 0.3% noise (small enough that every run stays on the
     # frontier), 200 resamples each. Binomial sd of the coverage at 95%: 2.2%; we accept 90% to 99%.
     flops = np.geomspace(1e15, 1e20, 40)
@@ -20,7 +20,7 @@ def test_power_law_intervals_cover_the_truth_95_percent_of_the_time():
     for trial in range(100):
         loss = 30 * flops**-0.05 * np.exp(3e-3 * np.random.default_rng(1000 + trial).standard_normal(40))
         runs = pd.DataFrame({"run_id": [str(i) for i in range(40)], "flops": flops, "val_loss": loss})
-        p = fit_power_law(runs, [], Bootstrap(200, trial)).entry["params"]
+        p = fit_loss_vs_compute(runs, [], Bootstrap(200, trial)).entry["params"]
         covered.append([p["b"]["lo"] <= 0.05 <= p["b"]["hi"], p["a"]["lo"] <= 30 <= p["a"]["hi"]])
     coverage = np.mean(covered, axis=0)
     assert ((0.90 <= coverage) & (coverage <= 0.99)).all(), coverage

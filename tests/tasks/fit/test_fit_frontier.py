@@ -1,16 +1,16 @@
-"""tasks.fit.frontier: the compute frontier, the loss-vs-compute power law, Chinchilla approach 1 and the
+"""tasks.fit.frontier: the compute frontier, the loss-vs-compute law, Chinchilla approach 1 and the
 compute multiplier between architectures."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.fit.frontier import compute_multipliers, fit_approach1, fit_power_law, frontier, frontier_masks
+from tasks.fit.frontier import compute_multipliers, fit_approach1, fit_loss_vs_compute, frontier, frontier_masks
 from tasks.fit.stats import Bootstrap
 from tests.tasks.fit.synthetic import TRUE_A, TRUE_G, isoflop_runs, n_opt
 
 
-def power_law_runs(a=30.0, b=0.05, n=12, noise=1e-3, seed=1, worse=True, prefix="f"):
+def loss_vs_compute_runs(a=30.0, b=0.05, n=12, noise=1e-3, seed=1, worse=True, prefix="f"):
     """Runs on L = a * C^-b; with `worse`, as many again spending 10% more compute for an 8% worse loss."""
     rng = np.random.default_rng(seed)
     flops = np.geomspace(1e15, 1e20, n)
@@ -38,9 +38,9 @@ def test_frontier_masks_agree_with_the_frontier_of_each_resample():
         assert sorted(drawn[frontier(flops[drawn], loss[drawn])]) == sorted(np.flatnonzero(mask))
 
 
-def test_power_law_recovered_on_the_frontier():
-    runs = power_law_runs()
-    law = fit_power_law(runs, [1e21], Bootstrap(200, 0))
+def test_loss_vs_compute_recovered_on_the_frontier():
+    runs = loss_vs_compute_runs()
+    law = fit_loss_vs_compute(runs, [1e21], Bootstrap(200, 0))
     fit = law.entry
     assert fit["status"] == "ok"
     assert fit["params"]["b"]["value"] == pytest.approx(0.05, abs=0.002)
@@ -58,11 +58,11 @@ def test_power_law_recovered_on_the_frontier():
     assert fit["bootstrap"]["ok"] == 200
 
 
-def test_power_law_needs_three_frontier_points_and_unequal_losses():
-    two = power_law_runs(n=2, worse=False)
-    assert "need 3" in fit_power_law(two, [], Bootstrap(0, 0)).entry["reason"]
-    flat = power_law_runs(noise=0.0).assign(val_loss=4.0)
-    law = fit_power_law(flat, [], Bootstrap(0, 0))
+def test_loss_vs_compute_needs_three_frontier_points_and_unequal_losses():
+    two = loss_vs_compute_runs(n=2, worse=False)
+    assert "need 3" in fit_loss_vs_compute(two, [], Bootstrap(0, 0)).entry["reason"]
+    flat = loss_vs_compute_runs(noise=0.0).assign(val_loss=4.0)
+    law = fit_loss_vs_compute(flat, [], Bootstrap(0, 0))
     assert law.estimate is None and "losses are equal" in law.entry["reason"]
 
 
@@ -83,18 +83,18 @@ def test_approach1_recovers_the_allocation_exponent():
 
 
 def test_approach1_needs_more_than_one_size_on_the_frontier():
-    runs = power_law_runs(worse=False).assign(n_params=1e8, tokens=lambda t: t["flops"] / 6e8)
+    runs = loss_vs_compute_runs(worse=False).assign(n_params=1e8, tokens=lambda t: t["flops"] / 6e8)
     fit = fit_approach1(runs, [1e21], Bootstrap(0, 0))
     assert fit["status"] == "skipped" and "same size" in fit["reason"]
 
 
 def test_compute_multiplier_between_architectures():
     # `fast` reaches every loss with 4x less compute: L_fast(C) = L_ref(4 C).
-    ref = power_law_runs(worse=False, seed=3)
-    fast = power_law_runs(a=30.0 * 4**-0.05, worse=False, seed=4, prefix="m")
+    ref = loss_vs_compute_runs(worse=False, seed=3)
+    fast = loss_vs_compute_runs(a=30.0 * 4**-0.05, worse=False, seed=4, prefix="m")
     laws = {
-        "ref": fit_power_law(ref, [], Bootstrap(200, 0, "ref")),
-        "fast": fit_power_law(fast, [], Bootstrap(200, 0, "fast")),
+        "ref": fit_loss_vs_compute(ref, [], Bootstrap(200, 0, "ref")),
+        "fast": fit_loss_vs_compute(fast, [], Bootstrap(200, 0, "fast")),
     }
     out = compute_multipliers(laws, "ref", [1e21, 1e23])
     assert out["reference"] == "ref" and set(out["archs"]) == {"fast"}
@@ -110,8 +110,8 @@ def test_compute_multiplier_between_architectures():
 
 def test_compute_multiplier_without_a_law_says_why():
     laws = {
-        "ref": fit_power_law(power_law_runs(), [], Bootstrap(0, 0)),
-        "tiny": fit_power_law(power_law_runs(n=2, worse=False), [], Bootstrap(0, 0)),
+        "ref": fit_loss_vs_compute(loss_vs_compute_runs(), [], Bootstrap(0, 0)),
+        "tiny": fit_loss_vs_compute(loss_vs_compute_runs(n=2, worse=False), [], Bootstrap(0, 0)),
     }
     out = compute_multipliers(laws, "ref", [1e21])
     assert out["archs"]["tiny"]["status"] == "skipped" and "need 3" in out["archs"]["tiny"]["reason"]

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from tasks.fit.entries import HeldOut
 from tasks.fit.held_out import fit_held_out
 from tasks.fit.parametric import start_grid
 from tasks.fit.stats import Bootstrap
 from tasks.fit.table import prepare
+from tests.tasks.fit.shapes import check_shape
 from tests.tasks.fit.synthetic import grid_runs, isoflop_runs, law
 
 
@@ -23,10 +25,11 @@ def test_the_largest_compute_scale_is_held_out_and_predicted():
     assert abs(point["relative_error"]["value"]) < 3e-3  # 0.1% noise, extrapolated 10x in compute
     assert point["predicted"]["lo"] < point["predicted"]["value"] < point["predicted"]["hi"]
     assert par["mean_abs_relative_error"]["value"] == pytest.approx(abs(point["relative_error"]["value"]))
-    # The pure power law L = a C^-b cannot bend towards E: it overshoots the held-out gain, and says so.
-    power = out["power_law"]
-    assert power["status"] == "ok" and power["run_id"] == "r5-5"
-    assert power["relative_error"]["value"] < -0.05
+    # L = a C^-b cannot bend towards E: it overshoots the held-out gain, and says so.
+    law_check = out["loss_vs_compute"]
+    assert law_check["status"] == "ok" and law_check["run_id"] == "r5-5"
+    assert law_check["relative_error"]["value"] < -0.05
+    check_shape(out, HeldOut, "held_out")
 
 
 def test_an_isoflop_budget_is_held_out_whole():
@@ -34,7 +37,7 @@ def test_an_isoflop_budget_is_held_out_whole():
     out = fit_held_out(runs, start_grid(8), Bootstrap(0, 0))
     top = runs[np.isclose(runs["flops"], 1e20)]
     assert sorted(out["run_ids"]) == sorted(top["run_id"]) and len(out["run_ids"]) == 9
-    assert out["power_law"]["observed"] == pytest.approx(top["val_loss"].min())
+    assert out["loss_vs_compute"]["observed"] == pytest.approx(top["val_loss"].min())
 
 
 def test_one_compute_scale_leaves_nothing_to_fit():

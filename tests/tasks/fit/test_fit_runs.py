@@ -10,13 +10,15 @@ import pytest
 from cli import main
 from tasks.config import ConfigError, FitConfig, fit_config, sweep_from_dict
 from tasks.fit import fit_file, fit_runs
+from tasks.fit.entries import PER_ARCH, Fits
 from tasks.fit.scalars import fit_scalars, metric_name
 from tasks.fit.table import budget_groups
-from tasks.track_mlflow import log_fit
+from tasks.track.mlflow_runs import log_fit
+from tests.tasks.fit.shapes import check_shape, keys_of
 from tests.tasks.fit.synthetic import grid_runs
 
 QUICK = FitConfig(budgets=[1e20, 1e22], starts=8, bootstrap=20)
-KINDS = {"power_law", "approach1", "approach2", "parametric", "learning_rate", "held_out"}
+KINDS = {"loss_vs_compute", "approach1", "approach2", "parametric", "learning_rate", "held_out"}
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +39,42 @@ def test_fits_json_is_strict_and_has_every_fit(two_archs):
     assert set(two_archs["compute_multiplier"]["archs"]) == {"mamba"}
 
 
+def test_fits_json_has_the_documented_layout_and_no_old_names(two_archs):
+    check_shape(two_archs, Fits)
+    assert set(PER_ARCH) == KINDS and set(Fits.__annotations__) >= KINDS | {"compute_multiplier"}
+    names = keys_of(two_archs)
+    assert "loss_vs_compute" in two_archs["held_out"]["mamba"] and "power_law" not in names
+    # The negative controls: the old keys are not in the layout, so the check rejects them.
+    old = {("power_law" if k == "loss_vs_compute" else k): v for k, v in two_archs.items()}
+    with pytest.raises(AssertionError, match=r"\['power_law'\] not in Fits"):
+        check_shape(old, Fits)
+    held = two_archs["held_out"]["mamba"]
+    with pytest.raises(AssertionError, match="power_law"):
+        check_shape({**two_archs, "held_out": {"mamba": {**held, "power_law": held["loss_vs_compute"]}}}, Fits)
+
+
+def test_scalars_are_named_after_the_fits(two_archs):
+    _, metrics = fit_scalars(two_archs)
+    b = two_archs["loss_vs_compute"]["mamba"]["params"]["b"]
+    assert (metrics["fit.mamba.loss_vs_compute.b"], metrics["fit.mamba.loss_vs_compute.b_hi"]) == (b["value"], b["hi"])
+    e = two_archs["parametric"]["mamba"]["params"]["E"]["value"]
+    assert metrics["fit.mamba.parametric.E"] == e and "fit.mamba.parametric.objective" in metrics
+    assert "fit.mamba.approach2.G" in metrics and "fit.mamba.held_out.loss_vs_compute_error" in metrics
+    # Every per-architecture name is fit.<arch>.<a key of fits.json>.<name>: no bare
+    # fit.<arch>.E or fit.<arch>.at_1e22..., no frontier., lr. or power_law.
+    groups = {name.split(".")[2] for name in metrics if name.split(".")[1] in ("mamba", "transformerpp")}
+    assert groups == set(PER_ARCH) - {"learning_rate"} | {"compute_multiplier"}  # no lr sweep: no learning-rate law
+    assert not [n for n in metrics if "power_law" in n or ".frontier." in n or ".lr." in n]
+
+
 def test_same_seed_same_fits_other_seed_other_intervals():
     runs = grid_runs(sizes=4, token_counts=4)
     config = FitConfig(**{**QUICK.model_dump(), "held_out": False})
     first, again = fit_runs(runs, config), fit_runs(runs, config)
     other = fit_runs(runs, FitConfig(**{**config.model_dump(), "seed": 1}))
     assert first == again
-    b = first["power_law"]["transformer++"]["params"]["b"]
-    b_other = other["power_law"]["transformer++"]["params"]["b"]
+    b = first["loss_vs_compute"]["transformer++"]["params"]["b"]
+    b_other = other["loss_vs_compute"]["transformer++"]["params"]["b"]
     assert b["value"] == b_other["value"] and (b["lo"], b["hi"]) != (b_other["lo"], b_other["hi"])
 
 
@@ -69,7 +99,7 @@ def test_unfinished_and_non_finite_runs_are_listed_not_fitted():
         "r1-2": "n_params, tokens or flops is not a positive number",
     }
     assert (fits["n_runs"], fits["n_used"]) == (9, 3)
-    used = {p["run_id"] for p in fits["power_law"]["transformer++"].get("points", [])}
+    used = {p["run_id"] for p in fits["loss_vs_compute"]["transformer++"].get("points", [])}
     assert not used & set(reasons)
     assert fits["parametric"]["transformer++"]["status"] == "skipped"
 
@@ -183,9 +213,10 @@ def test_scalars_are_valid_mlflow_names_and_logged_in_batches(two_archs):
     assert params["fit.starts"] == "8" and params["fit.drop_highest"] == "0"
     assert params["fit.transformerpp.parametric.state"] == "converged"
     alpha = two_archs["parametric"]["transformer++"]["params"]["alpha"]
-    assert metrics["fit.transformerpp.alpha"] == alpha["value"] and metrics["fit.transformerpp.alpha_lo"] == alpha["lo"]
-    assert metrics["fit.n_runs"] == 32 and "fit.mamba.multiplier.at_1e20" in metrics
-    assert "fit.transformerpp.at_1e22.n_opt_hi" in metrics
+    assert metrics["fit.transformerpp.parametric.alpha"] == alpha["value"]
+    assert metrics["fit.transformerpp.parametric.alpha_lo"] == alpha["lo"]
+    assert metrics["fit.n_runs"] == 32 and "fit.mamba.compute_multiplier.at_1e20" in metrics
+    assert "fit.transformerpp.parametric.at_1e22.n_opt_hi" in metrics
     from mlflow.utils.validation import _validate_metric_name, _validate_param_name
 
     for name in metrics:
