@@ -16,6 +16,7 @@ import numpy as np
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, app. D.2
 THETA_NAMES = ("A", "B", "E", "alpha", "beta")
+DEAD_SHARE = 1e-6  # a term below this share of the loss at every point has died out (dead_terms)
 
 
 def log_predict(theta, log_n, log_d) -> np.ndarray:
@@ -55,3 +56,13 @@ def parametric_objective(
     w = None if weights is None else weights[None, :]
     f, g = objective_batch(np.asarray(theta, float)[None, :], log_n, log_d, log_loss, w, delta)
     return float(f[0]), g[0]
+
+
+def dead_terms(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> list[str]:
+    """The parameters of each term of L(N, D) below DEAD_SHARE of the loss at every point: such a term has
+    died out (its coefficient at the bound 0 in effect) wherever the optimizer left it, and the data do not
+    identify its exponent."""
+    a, b, e, alpha, beta = theta
+    log_l = log_predict(theta, log_n, log_d)
+    terms = {("A", "alpha"): a - alpha * log_n, ("B", "beta"): b - beta * log_d, ("E",): np.full_like(log_l, e)}
+    return [name for names, t in terms.items() if np.all(t - log_l < np.log(DEAD_SHARE)) for name in names]

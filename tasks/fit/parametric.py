@@ -29,7 +29,14 @@ from scipy.optimize import OptimizeResult, minimize
 
 from tasks.fit.entries import OK, Convergence, Parametric, Skipped
 from tasks.fit.lbfgs import minimise_batch, projected_gradient
-from tasks.fit.objective import HUBER_DELTA, THETA_NAMES, log_predict, objective_batch, parametric_objective
+from tasks.fit.objective import (
+    HUBER_DELTA,
+    THETA_NAMES,
+    dead_terms,
+    log_predict,
+    objective_batch,
+    parametric_objective,
+)
 from tasks.fit.stats import Bootstrap, interval, losses_equal, resample_counts, skipped
 
 # theta = (log A, log B, log E, alpha, beta). The bounds only fence off degenerate directions
@@ -55,7 +62,6 @@ LBFGS_OPTIONS = {"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000, "maxfun": 20000}
 # projected gradient below this fraction of the largest gradient the objective can have (every
 # residual at Huber's cap, pulling the same way).
 GRAD_TOLERANCE = 1e-7
-DEAD_SHARE = 1e-6  # a term below this share of the loss at every point has died out (dead_terms)
 AGREE = 1e-6  # relative objective difference within which two starts found the same optimum
 MIN_POINTS = 6  # more points than the five parameters
 MIN_DISTINCT = 3  # E, A and alpha need three sizes to be told apart (likewise D)
@@ -150,26 +156,12 @@ def search(starts: np.ndarray, data: Data) -> tuple[OptimizeResult, dict]:
     return best, info
 
 
-def dead_terms(theta: np.ndarray, data: Data) -> list[str]:
-    """The parameters of each term of L(N, D) that is below DEAD_SHARE of the loss at every point: such a
-    term has died out (its coefficient at the bound 0 in effect), wherever the optimizer left it, and
-    its exponent is not identified by the data."""
-    a, b, e, alpha, beta = theta
-    log_l = log_predict(theta, data.log_n, data.log_d)
-    terms = {
-        ("A", "alpha"): a - alpha * data.log_n,
-        ("B", "beta"): b - beta * data.log_d,
-        ("E",): np.full_like(log_l, e),
-    }
-    return [name for names, t in terms.items() if np.all(t - log_l < np.log(DEAD_SHARE)) for name in names]
-
-
 def convergence(best: OptimizeResult, data: Data) -> Convergence:
     pg = np.abs(projected_gradient(best.x, best.jac, LOWER, UPPER)).max()
     at_bound = {
         name for name, x, lo, hi in zip(THETA_NAMES, best.x, LOWER, UPPER) if min(x - lo, hi - x) <= 1e-6 * (hi - lo)
     }
-    on_bound = [name for name in THETA_NAMES if name in at_bound or name in dead_terms(best.x, data)]
+    on_bound = [name for name in THETA_NAMES if name in at_bound or name in dead_terms(best.x, data.log_n, data.log_d)]
     if on_bound:
         state = "on a bound"
     elif not _polished_ok(best, data):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tasks.fit import parametric
-from tasks.fit.objective import objective_batch, parametric_objective
+from tasks.fit.objective import dead_terms, objective_batch, parametric_objective
 from tasks.fit.parametric import Data, fit_law, fit_parametric, polish, search, start_grid
 from tasks.fit.stats import Bootstrap
 from tasks.fit.table import best_lr_points, prepare
@@ -166,3 +166,11 @@ def test_batched_objective_is_the_scalar_objective_row_by_row():
         fi, gi = parametric_objective(thetas[i], data.log_n, data.log_d, data.log_loss, weights=weights[i])
         assert f[i] == pytest.approx(fi, rel=1e-12)
         np.testing.assert_allclose(g[i], gi, rtol=1e-12)
+
+
+def test_a_term_that_died_out_is_named_wherever_the_optimizer_left_it():
+    log_n, log_d = np.log([1e6, 1e7, 1e8]), np.log([2e7, 2e8, 2e9])
+    alive = np.log([400.0, 400.0, 1.7]).tolist() + [0.34, 0.28]
+    assert dead_terms(np.array(alive), log_n, log_d) == []  # the negative control: every term matters
+    # B = 1 at beta = 2 adds 1e-15 of the loss at 2e7 tokens: not at a bound, yet gone.
+    assert dead_terms(np.array([alive[0], 0.0, alive[2], 0.34, 2.0]), log_n, log_d) == ["B", "beta"]
