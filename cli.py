@@ -84,6 +84,23 @@ def cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from tasks.config import ConfigError
+    from tasks.data import DataError
+
+    try:
+        if argv[:1] == ["bench"]:
+            # Everything after NAME is the benchmark's own flags, --help included, which argparse would claim.
+            from tasks.bench import main as bench
+
+            return bench(argv[1:])
+        return _dispatch(argv)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="scaling", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("plan", "run"):
@@ -118,16 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="report folder (default: SWEEP_DIR/report; for several, OUTPUT/comparisons/A+B)")
     p.add_argument("--title", help="the report's title (default: the sweep names)")
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="skip the PDF (it needs Chromium)")
+    sub.add_parser("bench", add_help=False)  # for `scaling -h`; main() hands `scaling bench ...` to tasks.bench
     args = ap.parse_args(argv)
-
-    from tasks.config import ConfigError
-    from tasks.data import DataError
-
-    try:
-        return {"plan": cmd_plan, "run": cmd_run, "fit": cmd_fit, "report": cmd_report}[args.cmd](args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return {"plan": cmd_plan, "run": cmd_run, "fit": cmd_fit, "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Hot operators, each with a readable reference beside its fast path and one entry point that
-picks the path (overridable by an environment variable per op)."""
+picks the path by the convention of `kernels.dispatch` (an environment variable per op names a
+path; the path taken is recorded, and a fallback from a faster one warns)."""
 
 
 def implementations(device: str = "cpu") -> dict[str, str]:
@@ -10,8 +11,8 @@ def implementations(device: str = "cpu") -> dict[str, str]:
     from kernels.wkv import wkv_impl
 
     return {
-        "attention": attention_impl(),
-        "fftconv": fftconv_impl(),
+        "attention": attention_impl(device),
+        "fftconv": fftconv_impl(device),
         "selective_scan": selective_scan_impl(device),
-        "wkv": wkv_impl(),
+        "wkv": wkv_impl(device),
     }

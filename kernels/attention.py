@@ -7,22 +7,22 @@ Keys and queries cover the same positions (training-time self-attention, no KV c
   eq. 1, https://arxiv.org/abs/1706.03762), computed in fp32.
 - `attention_fast`: `torch.nn.functional.scaled_dot_product_attention`, which dispatches to
   FlashAttention-2, memory-efficient or cuDNN kernels on GPUs and a fused flash kernel on CPU.
-- `attention`: what models call. It takes the fast path unless the environment variable
+- `attention`: what models call. It takes the fast path ("sdpa") unless the environment variable
   SCALING_ATTENTION_IMPL=ref asks for the reference (to debug a model against the textbook
-  formula); `attention_impl()` names the path so the trainer can record it as a tag.
+  formula); `attention_impl()` names the path so the trainer can record it as a tag. The
+  convention, shared by every operator, is `kernels.dispatch`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
+from kernels.dispatch import Dispatch, Impl
+
 ENV_VAR = "SCALING_ATTENTION_IMPL"
-# Environment value -> the name recorded with a run.
-_IMPLS = {"fast": "sdpa", "ref": "ref"}
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -39,16 +39,14 @@ def attention_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, Dh)
 
 
-def attention_impl() -> str:
+_dispatch = Dispatch("attention", ENV_VAR, [Impl("sdpa", attention_fast), Impl("ref", attention_ref)])
+
+
+def attention_impl(device: torch.device | str = "cpu") -> str:
     """The path `attention` takes: "sdpa" (the default) or "ref" (SCALING_ATTENTION_IMPL=ref)."""
-    choice = os.environ.get(ENV_VAR) or "fast"
-    if choice not in _IMPLS:
-        raise ValueError(f"{ENV_VAR}={choice!r}; valid: {', '.join(_IMPLS)}")
-    return _IMPLS[choice]
+    return _dispatch.impl(device)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal self-attention, (B, H, T, Dh) -> (B, H, T, Dh), by the path `attention_impl()` names."""
-    if attention_impl() == "ref":
-        return attention_ref(q, k, v)
-    return attention_fast(q, k, v)
+    return _dispatch(q.device)(q, k, v)

@@ -19,26 +19,25 @@ leaves them alone.
   the state carried from chunk to chunk, (a, b, p) as in the reference, is scanned one chunk
   at a time. A hand-written backward (`_ChunkedWKV`) keeps three (B, T, C) tensors where
   autograd would keep a dozen.
-- `wkv`: what models call. It takes the fast path unless SCALING_WKV_IMPL=ref asks for the
-  reference; `wkv_impl()` names the path so the trainer can record it as a tag.
+- `wkv`: what models call. It takes the fast path ("chunked") unless SCALING_WKV_IMPL=ref asks
+  for the reference; `wkv_impl()` names the path so the trainer can record it as a tag (the
+  convention of `kernels.dispatch`).
 
 Where the fast path is less general: with one scale per chunk, it matches the reference while
 k stays within a range of about 60 over any two neighbouring chunks (trained RWKV-4 models
 stay far inside that); the reference has no such limit. Within that range it is the more
 accurate of the two (it rescales once per chunk instead of once per step).
 
-`python -m kernels.bench_wkv` checks the fast path against the reference and times both.
+`scaling bench wkv` checks the fast path against the reference and times both.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from kernels.dispatch import Dispatch, Impl
+
 ENV_VAR = "SCALING_WKV_IMPL"
-# Environment value -> the name recorded with a run.
-_IMPLS = {"fast": "chunked", "ref": "ref"}
 
 CHUNK = 64
 """Steps per chunk of the fast path, which runs CHUNK in-chunk steps and T / CHUNK chunk steps:
@@ -207,16 +206,14 @@ def wkv_fast(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     return _ChunkedWKV.apply(w, u, kf, vf)[:, :T].to(v.dtype)
 
 
-def wkv_impl() -> str:
+_dispatch = Dispatch("wkv", ENV_VAR, [Impl("chunked", wkv_fast), Impl("ref", wkv_ref)])
+
+
+def wkv_impl(device: torch.device | str = "cpu") -> str:
     """The path `wkv` takes: "chunked" (the default) or "ref" (SCALING_WKV_IMPL=ref)."""
-    choice = os.environ.get(ENV_VAR) or "fast"
-    if choice not in _IMPLS:
-        raise ValueError(f"{ENV_VAR}={choice!r}; valid: {', '.join(_IMPLS)}")
-    return _IMPLS[choice]
+    return _dispatch.impl(device)
 
 
 def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The WKV recurrence, (C,), (C,), (B, T, C), (B, T, C) -> (B, T, C), by the path `wkv_impl()` names."""
-    if wkv_impl() == "ref":
-        return wkv_ref(w, u, k, v)
-    return wkv_fast(w, u, k, v)
+    return _dispatch(k.device)(w, u, k, v)

@@ -13,8 +13,9 @@ holds about 8 D^2 weights against the Transformer's 12 D^2 (see `HyenaConfig.for
   rate is spread across channels (safari's ExponentialModulation).
 - No position embeddings: the implicit filters see positions, so the token stream needs none
   (safari's Pile LM builds its embeddings with max_position_embeddings = 0).
-- GPT-3 recipe around it: pre-norm residual blocks with LayerNorm, GELU MLP with biases, final
-  LayerNorm, input embedding tied to the LM head, vocabulary padded to a multiple of 8, no dropout.
+- GPT-3 recipe around it: pre-norm residual blocks with LayerNorm, GELU MLP with biases, no
+  dropout, in the shell of `models.shell`: final LayerNorm, input embedding tied to the LM head,
+  vocabulary padded to a multiple of 8 (safari's pad_vocab_size_multiple).
 
 Taken from HazyResearch/safari at c1b5c7bcaceaf556e5b0327733a85079ec9fc431
 (src/models/sequence/hyena.py, long_conv_lm.py, configs/experiment/pile/hyena.yaml):
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.fftconv import fftconv
+from models.shell import ShellConfig, TiedLM
 
 # The implicit filter, from safari's Pile config (configs/experiment/pile/hyena.yaml).
 POS_FEATURES = 33  # t, then the real and imaginary parts of 16 complex exponentials
@@ -60,7 +62,7 @@ DECAY_TARGET, FAST_DECAY_PCT, SLOW_DECAY_PCT = 1e-2, 0.3, 1.5
 
 
 @dataclass(frozen=True)
-class HyenaConfig:
+class HyenaConfig(ShellConfig):
     vocab_size: int
     """Tokenizer vocabulary; the embedding has `padded_vocab` rows."""
     n_layer: int
@@ -77,9 +79,9 @@ class HyenaConfig:
     mlp_ratio: int = 2
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_layer", "d_model", "seq_len", "filter_order", "short_filter", "mlp_ratio"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self._require_positive(
+            "vocab_size", "n_layer", "d_model", "seq_len", "filter_order", "short_filter", "mlp_ratio"
+        )
         if self.order < 2:
             raise ValueError(f"order must be at least 2 (one long convolution), got {self.order}")
 
@@ -91,11 +93,6 @@ class HyenaConfig:
         depths' x.5 to the even neighbour (3 -> 4, 5 -> 8), alternately under and over 1.5x."""
         n_layer = round(1.5 * size["n_layer"])
         return cls(vocab_size=vocab_size, n_layer=n_layer, d_model=size["d_model"], seq_len=seq_len)
-
-    @property
-    def padded_vocab(self) -> int:
-        # A multiple of 8 keeps the LM-head matmul on tensor-core shapes (safari's pad_vocab_size_multiple).
-        return -(-self.vocab_size // 8) * 8
 
     @property
     def d_mlp(self) -> int:
@@ -127,10 +124,8 @@ class HyenaConfig:
         per_layer += ffn_rest + self.d_filter + norms  # d_filter: the skip D_skip
         return self.n_layer * per_layer + 2 * D
 
-    def n_params(self) -> int:
-        """All parameters, the tied embedding / LM head counted once."""
-        positions = self.n_layer * self.seq_len * POS_FEATURES
-        return self.n_params_nonembed() + self.padded_vocab * self.d_model + positions
+    def _n_position_params(self) -> int:
+        return self.n_layer * self.seq_len * POS_FEATURES
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token at context `seq_len` (default: the config's).
@@ -156,9 +151,6 @@ class HyenaConfig:
         long_conv = self.d_filter * (15 * math.log2(2 * T) + 8)
         forward = self.n_layer * (matmuls + short_conv + long_conv) + 2 * D * self.padded_vocab
         return round(3 * forward)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def positional_features(seq_len: int) -> torch.Tensor:
@@ -258,21 +250,13 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))  # (B, T, D)
 
 
-class Hyena(nn.Module):
+class Hyena(TiedLM):
     def __init__(self, config: HyenaConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.padded_vocab, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = nn.LayerNorm(config.d_model, eps=1e-5)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab, bias=False)
-        self.init_weights()
+        blocks = (Block(config) for _ in range(config.n_layer))
+        super().__init__(config, blocks, nn.LayerNorm(config.d_model, eps=1e-5))
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """safari's GPT-2 initialisation (long_conv_lm.py `_init_weights`). Sets every parameter,
-        so it also fills a model built on the meta device and moved with `to_empty`."""
-        self.lm_head.weight = self.embed.weight  # (re)tie: to_empty allocates the two separately
+    def _init_parameters(self) -> None:
+        """safari's GPT-2 initialisation (long_conv_lm.py `_init_weights`)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 module.weight.normal_(0.0, 0.02)
@@ -301,10 +285,8 @@ class Hyena(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, T, V) for tokens (B, T); T may not exceed config.seq_len."""
-        T = tokens.shape[1]
-        if T > self.config.seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than config.seq_len = {self.config.seq_len}")
+        self._check_length(tokens.shape[1])
         x = self.embed(tokens)  # (B, T, D)
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.norm_f(x))  # (B, T, V)
+        return self._logits(x)  # (B, T, V)

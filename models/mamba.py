@@ -7,8 +7,9 @@ https://arxiv.org/abs/2312.00752, §3 and App. E.2. Faithful to the authors' cod
   width d_conv with bias on x, then SiLU; x_proj (no bias) to dt (rank R = ceil(D / 16)), B and
   C (N = d_state each); dt_proj (with bias) lifts dt back to E channels; the selective scan with
   A = -exp(A_log), skip D, softplus(dt + dt bias) and gate SiLU(z); out_proj (no bias).
-- Pre-norm residual blocks of one mixer each (no MLP), RMSNorm with eps 1e-5, a final RMSNorm,
-  the LM head tied to the embedding, vocabulary padded to a multiple of 8, no dropout.
+- Pre-norm residual blocks of one mixer each (no MLP), RMSNorm with eps 1e-5, no dropout, in the
+  shell of `models.shell`: a final RMSNorm, the LM head tied to the embedding, vocabulary padded
+  to a multiple of 8.
 - Initialisation (mixer_seq_simple's _init_weights): embedding N(0, 0.02); Linear and conv
   weights PyTorch's default (Kaiming uniform); dt_proj weight U(+-R^-1/2); dt_proj bias the
   inverse softplus of dt, dt log-uniform in [1e-3, 1e-1] floored at 1e-4; A_log = log(1..N) in
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,13 +39,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.selective_scan import selective_scan
+from models.shell import ShellConfig, TiedLM
 
 # mamba_simple.py defaults for the dt initialisation.
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 
 
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(ShellConfig):
     vocab_size: int
     """Tokenizer vocabulary; the embedding has `padded_vocab` rows."""
     n_layer: int
@@ -57,9 +59,7 @@ class MambaConfig:
     expand: int = 2
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_layer", "d_model", "seq_len", "d_state", "d_conv", "expand"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self._require_positive("vocab_size", "n_layer", "d_model", "seq_len", "d_state", "d_conv", "expand")
 
     @classmethod
     def for_size(cls, size: Mapping[str, Any], vocab_size: int, seq_len: int) -> MambaConfig:
@@ -67,11 +67,6 @@ class MambaConfig:
         matches the parameters (a block has ~6 D^2, a Transformer layer 12 D^2; paper §4.2.1,
         App. E.2.1). The size's n_head has no meaning here."""
         return cls(vocab_size=vocab_size, n_layer=2 * size["n_layer"], d_model=size["d_model"], seq_len=seq_len)
-
-    @property
-    def padded_vocab(self) -> int:
-        # A multiple of 8 keeps the LM-head matmul on tensor-core shapes (mamba_ssm config_mamba.py).
-        return -(-self.vocab_size // 8) * 8
 
     @property
     def d_inner(self) -> int:
@@ -95,10 +90,6 @@ class MambaConfig:
         block = self._n_linear_weights() + conv + ssm + self.d_model  # + the block's RMSNorm
         return self.n_layer * block + self.d_model
 
-    def n_params(self) -> int:
-        """All parameters, the tied embedding / LM head counted once."""
-        return self.n_params_nonembed() + self.padded_vocab * self.d_model
-
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token. `seq_len` is accepted for the common
         interface and does not matter: a Mamba block's cost does not grow with the context.
@@ -116,9 +107,6 @@ class MambaConfig:
         E, N, K = self.d_inner, self.d_state, self.d_conv
         block = 2 * self._n_linear_weights() + 2 * K * E + 9 * E * N
         return 3 * (self.n_layer * block + 2 * self.d_model * self.padded_vocab)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class MambaMixer(nn.Module):
@@ -180,21 +168,13 @@ class Block(nn.Module):
         return x + self.mixer(self.norm(x))  # (B, T, D)
 
 
-class Mamba(nn.Module):
+class Mamba(TiedLM):
     def __init__(self, config: MambaConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.padded_vocab, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = nn.RMSNorm(config.d_model, eps=1e-5)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab, bias=False)
-        self.init_weights()
+        blocks = (Block(config) for _ in range(config.n_layer))
+        super().__init__(config, blocks, nn.RMSNorm(config.d_model, eps=1e-5))
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """The authors' initialisation. Sets every parameter, so it also fills a model built on
-        the meta device and moved with `to_empty`."""
-        self.lm_head.weight = self.embed.weight  # (re)tie: to_empty allocates the two separately
+    def _init_parameters(self) -> None:
+        """The authors' initialisation."""
         self.embed.weight.normal_(0.0, 0.02)
         for block in self.blocks:
             block.norm.reset_parameters()
@@ -210,4 +190,4 @@ class Mamba(nn.Module):
         x = self.embed(tokens)  # (B, T, D)
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.norm_f(x))  # (B, T, V)
+        return self._logits(x)  # (B, T, V)

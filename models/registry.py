@@ -1,10 +1,11 @@
-"""Architectures and size ladders: the names a sweep may use, and how each becomes a model.
+"""Architectures: how each name a sweep may use becomes a model.
 
 An architecture is an `ArchSpec`: how a ladder size becomes the architecture's config, and the
 module class built from that config. Configs count their own parameters and FLOPs, so planning
-sizes a grid without building a model. Adding an architecture is one entry in ARCHITECTURES.
+sizes a grid without building a model. The names and the size ladders live in the torch-free
+`models.ladders`; adding an architecture is one name there and one entry in ARCHITECTURES here.
 
-    config = model_config("transformer++", LADDERS["tiny"][0], vocab_size=512, seq_len=128)
+    config = model_config("transformer++", models.ladders.LADDERS["tiny"][0], vocab_size=512, seq_len=128)
     model = build_model(config)
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import torch.nn as nn
 
 from models.hyena import Hyena, HyenaConfig
+from models.ladders import ARCH_NAMES
 from models.mamba import Mamba, MambaConfig
 from models.rwkv import RWKV, RWKVConfig
 from models.transformer import Transformer, TransformerConfig
@@ -45,6 +47,8 @@ class ArchSpec:
 
 
 def _transformer(variant: str) -> ArchSpec:
+    """The architecture of the same name as the Transformer variant."""
+
     def make_config(size: Mapping[str, Any], vocab_size: int, seq_len: int) -> TransformerConfig:
         return TransformerConfig(
             vocab_size=vocab_size,
@@ -59,35 +63,15 @@ def _transformer(variant: str) -> ArchSpec:
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "transformer": _transformer("gpt3"),
-    "transformer++": _transformer("pp"),
+    "transformer": _transformer("transformer"),
+    "transformer++": _transformer("transformer++"),
     "mamba": ArchSpec(MambaConfig.for_size, MambaConfig, Mamba),
     "hyena": ArchSpec(HyenaConfig.for_size, HyenaConfig, Hyena),
     "rwkv": ArchSpec(RWKVConfig.for_size, RWKVConfig, RWKV),
 }
-
-# Each size: name, n_layer, d_model, n_head, and its reference peak LR (the GPT-3 recipe; the
-# Mamba paper's improved recipe trains at 5x this).
-LADDERS: dict[str, list[dict[str, Any]]] = {
-    # Mamba paper Table 12 (App. E.2.1), the GPT-3 Small/Medium/Large/XL shapes except that XL
-    # has 32 heads of 64 there (GPT-3 Table 2.1: 24 of 128).
-    "paper": [
-        {"name": "125m", "n_layer": 12, "d_model": 768, "n_head": 12, "lr": 6e-4},
-        {"name": "350m", "n_layer": 24, "d_model": 1024, "n_head": 16, "lr": 3e-4},
-        {"name": "760m", "n_layer": 24, "d_model": 1536, "n_head": 16, "lr": 2.5e-4},
-        {"name": "1.3b", "n_layer": 24, "d_model": 2048, "n_head": 32, "lr": 2e-4},
-    ],
-    # CPU-sized: about 2.3-3.3x apart in non-embedding parameters (25K to 1.6M for the GPT-3
-    # variant), depth growing with width as in the paper ladder; head dim 16, then 32.
-    # LRs fall with size like the paper's, from a higher start because the models are tiny.
-    "tiny": [
-        {"name": "t1", "n_layer": 2, "d_model": 32, "n_head": 2, "lr": 3e-3},
-        {"name": "t2", "n_layer": 3, "d_model": 48, "n_head": 3, "lr": 2.5e-3},
-        {"name": "t3", "n_layer": 4, "d_model": 64, "n_head": 4, "lr": 2e-3},
-        {"name": "t4", "n_layer": 5, "d_model": 96, "n_head": 3, "lr": 1.75e-3},
-        {"name": "t5", "n_layer": 8, "d_model": 128, "n_head": 4, "lr": 1.5e-3},
-    ],
-}
+# The torch-free list that config validation reads must name exactly these, in this order.
+if tuple(ARCHITECTURES) != ARCH_NAMES:
+    raise RuntimeError(f"models.ladders.ARCH_NAMES {ARCH_NAMES} and the registry's {tuple(ARCHITECTURES)} differ")
 
 
 def _valid() -> str:

@@ -17,8 +17,8 @@ paper trains "the default RWKV-4 model, including its modified MLP"). Features:
   channel mixing, so that every block starts as the identity; the others orthogonal.
 
 Deviations from RWKV-LM, for the study's uniformity with the other architectures:
-- The embedding is tied to the LM head (RWKV unties them) and the vocabulary is padded to a
-  multiple of 8. The tied matrix takes the head's init (orthogonal, gain 0.5); RWKV inits the
+- The shell of `models.shell`: the embedding is tied to the LM head (RWKV unties them) and the
+  vocabulary is padded to a multiple of 8. The tied matrix takes the head's init (orthogonal, gain 0.5); RWKV inits the
   embedding alone uniform in +-lr_init, a scale that ln0 removes on the input side.
 - No L2Wrap (RWKV's extra loss gradient that pulls the largest logit towards 0) and no head_qk.
 - The trainer's optimizer groups apply: `no_weight_decay()` names the time_* parameters, as
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.wkv import wkv
+from models.shell import ShellConfig, TiedLM
 
 WKV_FLOPS_PER_CHANNEL = 23
 """Forward FLOPs of one WKV step for one channel: the operations of RWKV-v4/cuda/wkv_cuda.cu's
@@ -46,7 +47,7 @@ forward loop (adds, maxima, subtractions, exps, multiplies, one division), each 
 
 
 @dataclass(frozen=True)
-class RWKVConfig:
+class RWKVConfig(ShellConfig):
     vocab_size: int
     """Tokenizer vocabulary; the embedding has `padded_vocab` rows."""
     n_layer: int
@@ -61,14 +62,7 @@ class RWKVConfig:
         return cls(vocab_size=vocab_size, n_layer=size["n_layer"], d_model=size["d_model"], seq_len=seq_len)
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_layer", "d_model", "seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    @property
-    def padded_vocab(self) -> int:
-        # A multiple of 8 keeps the LM-head matmul on tensor-core shapes (mamba_ssm config_mamba.py).
-        return -(-self.vocab_size // 8) * 8
+        self._require_positive("vocab_size", "n_layer", "d_model", "seq_len")
 
     @property
     def d_ffn(self) -> int:
@@ -87,10 +81,6 @@ class RWKVConfig:
         per_channel = 5 + 2 + 4  # time_decay, time_first, 3 time mixes; 2 channel mixes; 2 LayerNorms
         return self.n_layer * (self._n_linear_weights() + per_channel * D) + 2 * 2 * D
 
-    def n_params(self) -> int:
-        """All parameters, the tied embedding / LM head counted once."""
-        return self.n_params_nonembed() + self.padded_vocab * self.d_model
-
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token; `seq_len` is accepted for the common
         interface and changes nothing, since a recurrence costs the same at every position.
@@ -103,9 +93,6 @@ class RWKVConfig:
         D = self.d_model
         forward = 2 * self.n_layer * self._n_linear_weights() + 2 * D * self.padded_vocab
         return 3 * (forward + self.n_layer * WKV_FLOPS_PER_CHANNEL * D)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def token_shift(x: torch.Tensor) -> torch.Tensor:
@@ -217,22 +204,14 @@ class Block(nn.Module):
         return x + self.channel_mixing(self.norm2(x))  # (B, T, D)
 
 
-class RWKV(nn.Module):
+class RWKV(TiedLM):
     def __init__(self, config: RWKVConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.padded_vocab, config.d_model)
-        self.norm_embed = nn.LayerNorm(config.d_model, eps=1e-5)  # RWKV's ln0
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = nn.LayerNorm(config.d_model, eps=1e-5)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab, bias=False)
-        self.init_weights()
+        blocks = (Block(config) for _ in range(config.n_layer))
+        norm_embed = nn.LayerNorm(config.d_model, eps=1e-5)  # RWKV's ln0, on the embedded tokens
+        super().__init__(config, blocks, nn.LayerNorm(config.d_model, eps=1e-5), norm_embed=norm_embed)
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """RWKV-4's initialisation. Sets every parameter, so it also fills a model built on the
-        meta device and moved with `to_empty`."""
-        self.lm_head.weight = self.embed.weight  # (re)tie: to_empty allocates the two separately
+    def _init_parameters(self) -> None:
+        """RWKV-4's initialisation."""
         _orthogonal_(self.embed.weight, 0.5)  # RWKV's head init; its (V, D) columns are orthonormal
         for norm in (self.norm_embed, self.norm_f):
             norm.reset_parameters()
@@ -249,10 +228,8 @@ class RWKV(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, T, V) for tokens (B, T); T may not exceed config.seq_len."""
-        T = tokens.shape[1]
-        if T > self.config.seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than config.seq_len = {self.config.seq_len}")
+        self._check_length(tokens.shape[1])
         x = self.norm_embed(self.embed(tokens))  # (B, T, D)
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.norm_f(x))  # (B, T, V)
+        return self._logits(x)  # (B, T, V)

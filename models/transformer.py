@@ -1,17 +1,17 @@
 """The Transformer baselines of the Mamba scaling-law study (Gu & Dao 2023, §4.2, App. E.2.1).
 
-https://arxiv.org/abs/2312.00752. Two variants share this file because they differ only in
-their parts, not in their shape:
+https://arxiv.org/abs/2312.00752. Two variants, named as the architectures of a sweep, share
+this file because they differ only in their parts, not in their shape:
 
-- "gpt3": the GPT-3 Transformer (Brown et al. 2020, https://arxiv.org/abs/2005.14165):
+- "transformer": the GPT-3 Transformer (Brown et al. 2020, https://arxiv.org/abs/2005.14165):
   learned absolute positions, LayerNorm, GELU MLP of width 4 * D, biases on every linear layer.
-- "pp": Transformer++ as the Mamba paper defines it: rotary position embeddings
+- "transformer++": Transformer++ as the Mamba paper defines it: rotary position embeddings
   (Su et al. 2021, https://arxiv.org/abs/2104.09864), SwiGLU MLP (Shazeer 2020,
   https://arxiv.org/abs/2002.05202), RMSNorm, no linear biases.
 
-Both: pre-norm blocks, a final norm, input embedding tied to the LM head, vocabulary padded
-to a multiple of 8, no dropout, GPT-2 initialisation (std 0.02, residual output projections
-scaled by 1 / sqrt(2 * n_layer)).
+Both: pre-norm blocks, and the shell of `models.shell` (input embedding tied to the LM head,
+vocabulary padded to a multiple of 8, a final norm); no dropout, GPT-2 initialisation (std 0.02,
+residual output projections scaled by 1 / sqrt(2 * n_layer)).
 
 Choices the paper leaves open, taken from the authors' code:
 - SwiGLU hidden width: 8 * D / 3 rounded up to a multiple of 128, as mamba_ssm's GatedMLP
@@ -27,7 +27,7 @@ V padded vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,36 +35,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.attention import attention
+from models.shell import ShellConfig, TiedLM
 
-VARIANTS = ("gpt3", "pp")
+VARIANTS = ("transformer", "transformer++")
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ShellConfig):
     vocab_size: int
     """Tokenizer vocabulary; the embedding has `padded_vocab` rows."""
     n_layer: int
     d_model: int
     n_head: int
     seq_len: int
-    """Longest sequence the model accepts (the size of the learned position table for gpt3)."""
-    variant: Literal["gpt3", "pp"] = "gpt3"
+    """Longest sequence the model accepts (the size of the learned position table of "transformer")."""
+    variant: Literal["transformer", "transformer++"] = "transformer"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
-        for name in ("vocab_size", "n_layer", "d_model", "n_head", "seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self._require_positive("vocab_size", "n_layer", "d_model", "n_head", "seq_len")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.variant == "pp" and self.head_dim % 2:
+        if self.variant == "transformer++" and self.head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head dim, got {self.head_dim}")
-
-    @property
-    def padded_vocab(self) -> int:
-        # A multiple of 8 keeps the LM-head matmul on tensor-core shapes (mamba_ssm config_mamba.py).
-        return -(-self.vocab_size // 8) * 8
 
     @property
     def head_dim(self) -> int:
@@ -72,8 +66,8 @@ class TransformerConfig:
 
     @property
     def d_mlp(self) -> int:
-        """Hidden width of the MLP (for pp, of each of the two SwiGLU input projections)."""
-        if self.variant == "gpt3":
+        """Hidden width of the MLP (for Transformer++, of each of the two SwiGLU input projections)."""
+        if self.variant == "transformer":
             return 4 * self.d_model
         multiple = 128 if self.d_model >= 256 else 8
         return -(-int(8 * self.d_model / 3) // multiple) * multiple
@@ -81,22 +75,20 @@ class TransformerConfig:
     def _n_linear_weights(self) -> int:
         """Weights of the matmuls in one block (no biases): qkv + out projection + MLP."""
         D = self.d_model
-        mlp = 2 * D * self.d_mlp if self.variant == "gpt3" else 3 * D * self.d_mlp
+        mlp = 2 * D * self.d_mlp if self.variant == "transformer" else 3 * D * self.d_mlp
         return 4 * D * D + mlp
 
     def n_params_nonembed(self) -> int:
-        """Parameters without the token and (gpt3) position embeddings: blocks plus final norm."""
+        """Parameters without the token and ("transformer") position embeddings: blocks plus final norm."""
         D = self.d_model
-        if self.variant == "gpt3":
+        if self.variant == "transformer":
             biases = 3 * D + D + self.d_mlp + D
             norms = 2 * 2 * D  # two LayerNorms with weight and bias
             return self.n_layer * (self._n_linear_weights() + biases + norms) + 2 * D
         return self.n_layer * (self._n_linear_weights() + 2 * D) + D
 
-    def n_params(self) -> int:
-        """All parameters, the tied embedding / LM head counted once."""
-        positions = self.seq_len * self.d_model if self.variant == "gpt3" else 0
-        return self.n_params_nonembed() + self.padded_vocab * self.d_model + positions
+    def _n_position_params(self) -> int:
+        return self.seq_len * self.d_model if self.variant == "transformer" else 0
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token at context `seq_len` (default: the config's).
@@ -112,9 +104,6 @@ class TransformerConfig:
         D = self.d_model
         return 6 * self.n_layer * self._n_linear_weights() + 6 * D * self.padded_vocab + 12 * self.n_layer * T * D
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def rotary_tables(T: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles, (T, Dh/2) each, in fp32 whatever the model dtype."""
@@ -129,7 +118,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def make_norm(config: TransformerConfig) -> nn.Module:
-    if config.variant == "gpt3":
+    if config.variant == "transformer":
         return nn.LayerNorm(config.d_model, eps=1e-5)
     return nn.RMSNorm(config.d_model, eps=1e-5)
 
@@ -137,7 +126,7 @@ def make_norm(config: TransformerConfig) -> nn.Module:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        bias = config.variant == "gpt3"
+        bias = config.variant == "transformer"
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=bias)
@@ -153,11 +142,12 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP (gpt3) or SwiGLU (pp): fc widens to d_mlp (twice, for the gate), proj narrows back."""
+    """GELU MLP ("transformer") or SwiGLU ("transformer++"): fc widens to d_mlp (twice, for the
+    gate), proj narrows back."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.gated = config.variant == "pp"
+        self.gated = config.variant == "transformer++"
         bias = not self.gated
         self.fc = nn.Linear(config.d_model, (2 if self.gated else 1) * config.d_mlp, bias=bias)
         self.proj = nn.Linear(config.d_mlp, config.d_model, bias=bias)
@@ -185,22 +175,15 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))  # (B, T, D)
 
 
-class Transformer(nn.Module):
+class Transformer(TiedLM):
     def __init__(self, config: TransformerConfig):
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.padded_vocab, config.d_model)
-        self.pos_embed = nn.Embedding(config.seq_len, config.d_model) if config.variant == "gpt3" else None
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab, bias=False)
-        self.init_weights()
+        # Learned positions for "transformer"; "transformer++" rotates q and k in attention instead.
+        pos_embed = nn.Embedding(config.seq_len, config.d_model) if config.variant == "transformer" else None
+        blocks = (Block(config) for _ in range(config.n_layer))
+        super().__init__(config, blocks, make_norm(config), pos_embed=pos_embed)
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """GPT-2 initialisation. Sets every parameter, so it also fills a model built on the meta
-        device and moved with `to_empty`."""
-        self.lm_head.weight = self.embed.weight  # (re)tie: to_empty allocates the two separately
+    def _init_parameters(self) -> None:
+        """GPT-2 initialisation, by parameter name."""
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith(".bias"):
@@ -215,9 +198,8 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, T, V) for tokens (B, T); T may not exceed config.seq_len."""
-        B, T = tokens.shape
-        if T > self.config.seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than config.seq_len = {self.config.seq_len}")
+        T = tokens.shape[1]
+        self._check_length(T)
         x = self.embed(tokens)  # (B, T, D)
         rope = None
         if self.pos_embed is not None:
@@ -226,4 +208,4 @@ class Transformer(nn.Module):
             rope = rotary_tables(T, self.config.head_dim, tokens.device)
         for block in self.blocks:
             x = block(x, rope)
-        return self.lm_head(self.norm_f(x))  # (B, T, V)
+        return self._logits(x)  # (B, T, V)

@@ -18,25 +18,24 @@ the recurrence is written out in `ref.py`.
 - `selective_scan_chunked`: chunks of time in PyTorch ops with a hand-written backward; bounded
   memory; the fallback off CUDA when no C compiler works (`chunked.py`).
 - `selective_scan_triton`: fused Triton kernels for the forward and the backward (a reverse
-  scan over saved chunk-start states); the default on CUDA when triton imports (`triton_scan.py`).
+  scan over saved chunk-start states); the default on CUDA when triton imports (`triton_scan.py`
+  launches them, `triton_kernels.py` holds them).
 - `selective_scan`: what models call. SCALING_SCAN_IMPL=ref|chunked|cpu|triton overrides the
   choice; `selective_scan_impl(device)` names it so the trainer can record it. The first call
   on each device logs the path, and warns when a CUDA tensor falls back from Triton or a CPU
-  tensor from the C kernel.
+  tensor from the C kernel (the convention of `kernels.dispatch`).
 
-`python -m kernels.bench_selective_scan` times the reference against the fast CPU paths.
+`scaling bench scan` times the reference against the fast CPU paths.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from functools import cache
 
 import torch
 
 from kernels.cbuild import BuildError
+from kernels.dispatch import Dispatch, Impl
 from kernels.selective_scan.chunked import CHUNK, selective_scan_chunked
 from kernels.selective_scan.cpu import library, selective_scan_cpu
 from kernels.selective_scan.ref import selective_scan_ref
@@ -53,17 +52,7 @@ __all__ = [
     "selective_scan_triton",
 ]
 
-log = logging.getLogger(__name__)
-
 ENV_VAR = "SCALING_SCAN_IMPL"
-_IMPLS = {
-    "ref": selective_scan_ref,
-    "chunked": selective_scan_chunked,
-    "cpu": selective_scan_cpu,
-    "triton": selective_scan_triton,
-}
-_announced: set[tuple[str, str]] = set()
-"""(device type, path) pairs already logged; tests clear it to see the message again."""
 
 
 @cache
@@ -77,37 +66,35 @@ def _c_kernel_error() -> str | None:
     return None
 
 
+# Module globals are looked up at call time, so a test can stand in for a missing triton or compiler.
+def _triton_missing() -> str | None:
+    return None if triton is not None else f"triton does not import; {TRITON_INSTALL}"
+
+
+def _c_kernel_missing() -> str | None:
+    error = _c_kernel_error()
+    return None if error is None else f"the C kernel does not build: {error}"
+
+
+_dispatch = Dispatch(
+    "selective_scan",
+    ENV_VAR,
+    [
+        Impl("ref", selective_scan_ref),
+        Impl("chunked", selective_scan_chunked),
+        Impl("cpu", selective_scan_cpu, _c_kernel_missing),
+        Impl("triton", selective_scan_triton, _triton_missing),
+    ],
+    prefer=("cpu", "chunked"),
+    prefer_on={"cuda": ("triton", "chunked")},
+)
+
+
 def selective_scan_impl(device: torch.device | str) -> str:
     """The path `selective_scan` takes for tensors on `device`: SCALING_SCAN_IMPL if set; else on
     CUDA "triton" when triton imports, else "chunked"; off CUDA "cpu" when the C kernel builds,
     else "chunked"."""
-    choice = os.environ.get(ENV_VAR)
-    if choice:
-        if choice not in _IMPLS:
-            raise ValueError(f"{ENV_VAR}={choice!r}; valid: {', '.join(_IMPLS)}")
-        if choice == "triton" and triton is None:
-            raise RuntimeError(f"{ENV_VAR}=triton, but triton does not import; {TRITON_INSTALL}")
-        if choice == "cpu" and (error := _c_kernel_error()):
-            raise RuntimeError(f"{ENV_VAR}=cpu, but the C kernel does not build: {error}")
-        return choice
-    if torch.device(device).type == "cuda":
-        return "triton" if triton is not None else "chunked"
-    return "cpu" if _c_kernel_error() is None else "chunked"
-
-
-def _announce(device: torch.device, impl: str) -> None:
-    if (device.type, impl) in _announced:
-        return
-    _announced.add((device.type, impl))
-    if impl == "chunked" and not os.environ.get(ENV_VAR):
-        why = f"triton does not import; {TRITON_INSTALL}" if device.type == "cuda" else _c_kernel_error()
-        warnings.warn(
-            f"selective_scan: {device.type} tensors take the chunked PyTorch path, several times slower: {why}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    else:
-        log.info("selective_scan: the %s path on %s", impl, device.type)
+    return _dispatch.impl(device)
 
 
 def selective_scan(
@@ -122,6 +109,4 @@ def selective_scan(
     delta_softplus: bool = False,
 ) -> torch.Tensor:
     """The selective scan, (b, d, L) in u's dtype, by the path `selective_scan_impl(u.device)` names."""
-    impl = selective_scan_impl(u.device)
-    _announce(u.device, impl)
-    return _IMPLS[impl](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return _dispatch(u.device)(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

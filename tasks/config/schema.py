@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.registry import ARCHITECTURES, LADDERS
+from models.ladders import ARCH_NAMES, LADDERS
 
 
 class _Strict(BaseModel):
@@ -212,8 +212,8 @@ class SweepConfig(_Strict):
     @classmethod
     def _known_arch(cls, v):
         for a in v:
-            if a not in ARCHITECTURES:
-                raise ValueError(f"unknown architecture {a!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+            if a not in ARCH_NAMES:
+                raise ValueError(f"unknown architecture {a!r}; valid: {', '.join(sorted(ARCH_NAMES))}")
         return v
 
     @field_validator("ladder")

@@ -67,5 +67,5 @@ def test_dispatch_follows_environment(monkeypatch):
     assert attention_impl() == "ref"
     assert torch.equal(attention(q, k, v), attention_ref(q, k, v))
     monkeypatch.setenv(ENV_VAR, "flash")
-    with pytest.raises(ValueError, match="valid: fast, ref"):
+    with pytest.raises(ValueError, match="valid: sdpa, ref"):
         attention(q, k, v)

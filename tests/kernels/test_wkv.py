@@ -93,7 +93,7 @@ def test_dispatch_follows_environment(monkeypatch):
     assert wkv_impl() == "ref"
     assert torch.equal(wkv(*inputs), wkv_ref(*inputs))
     monkeypatch.setenv(ENV_VAR, "cuda")
-    with pytest.raises(ValueError, match="valid: fast, ref"):
+    with pytest.raises(ValueError, match="valid: chunked, ref"):
         wkv(*inputs)
 
 

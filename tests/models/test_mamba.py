@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from kernels.selective_scan import ENV_VAR
+from models.ladders import LADDERS
 from models.mamba import Mamba, MambaConfig
-from models.registry import LADDERS, build_model, model_config
+from models.registry import build_model, model_config
 from tests.models.memorise import memorise
 
 

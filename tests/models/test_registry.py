@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from models.registry import ARCHITECTURES, LADDERS, build_model, model_config
+from models.ladders import LADDERS
+from models.registry import ARCHITECTURES, build_model, model_config
 from models.transformer import Transformer, TransformerConfig
 
 SIZE_KEYS = {"name", "n_layer", "d_model", "n_head", "lr"}
@@ -29,7 +30,7 @@ def test_tiny_ladder_is_cpu_sized_and_roughly_geometric():
         assert all(2 < r < 4 for r in ratios), (arch, ratios)
 
 
-@pytest.mark.parametrize("arch,variant", [("transformer", "gpt3"), ("transformer++", "pp")])
+@pytest.mark.parametrize("arch,variant", [("transformer", "transformer"), ("transformer++", "transformer++")])
 def test_build_from_ladder(arch, variant):
     config = model_config(arch, LADDERS["tiny"][0], vocab_size=100, seq_len=32)
     assert isinstance(config, TransformerConfig) and config.variant == variant

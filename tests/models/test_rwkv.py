@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from kernels.wkv import CHUNK, ENV_VAR
-from models.registry import LADDERS, build_model, model_config
+from models.ladders import LADDERS
+from models.registry import build_model, model_config
 from models.rwkv import RWKV, RWKVConfig
 from tests.models.memorise import memorise
 
@@ -31,7 +32,7 @@ def trained_a_little(config, steps=3):
     return model.eval()
 
 
-@pytest.mark.parametrize("impl", ["fast", "ref"])
+@pytest.mark.parametrize("impl", ["chunked", "ref"])
 def test_causal(impl, monkeypatch):
     monkeypatch.setenv(ENV_VAR, impl)
     config = tiny(seq_len=CHUNK + 8)

@@ -9,7 +9,7 @@ from kernels.attention import ENV_VAR
 from models.transformer import Transformer, TransformerConfig
 from tests.models.memorise import memorise
 
-VARIANTS = ["gpt3", "pp"]
+VARIANTS = ["transformer", "transformer++"]
 
 
 def tiny(variant, **overrides):
@@ -17,7 +17,7 @@ def tiny(variant, **overrides):
     return TransformerConfig(**fields)
 
 
-@pytest.mark.parametrize("impl", ["fast", "ref"])
+@pytest.mark.parametrize("impl", ["sdpa", "ref"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_causal(variant, impl, monkeypatch):
     monkeypatch.setenv(ENV_VAR, impl)
@@ -39,7 +39,7 @@ def test_causal(variant, impl, monkeypatch):
     [
         dict(vocab_size=61, n_layer=2, d_model=32, n_head=2),  # vocab padded 61 -> 64
         dict(vocab_size=64, n_layer=1, d_model=48, n_head=3),
-        dict(vocab_size=100, n_layer=1, d_model=256, n_head=4),  # pp: rounding by 128 starts here
+        dict(vocab_size=100, n_layer=1, d_model=256, n_head=4),  # transformer++: rounding by 128 starts here
     ],
 )
 def test_n_params_counts_module_parameters(variant, shape):
@@ -58,14 +58,14 @@ SWIGLU_WIDTH = {32: 88, 48: 128, 64: 176, 256: 768, 768: 2048, 1024: 2816, 1536:
 def test_n_params_nonembed_closed_form(variant, n_layer, d_model):
     L, D = n_layer, d_model
     config = TransformerConfig(vocab_size=1000, n_layer=L, d_model=D, n_head=D // 16, seq_len=64, variant=variant)
-    if variant == "gpt3":
+    if variant == "transformer":
         # Per layer 4D^2 attention + 8D^2 MLP weights, 9D biases, 2 LayerNorms (4D); final LayerNorm.
         expected = L * (12 * D * D + 13 * D) + 2 * D
     else:
         # Per layer 4D^2 attention + 3 D x hidden SwiGLU weights, 2 RMSNorms (2D); final RMSNorm.
         expected = L * (4 * D * D + 3 * D * SWIGLU_WIDTH[D] + 2 * D) + D
     assert config.n_params_nonembed() == expected
-    positions = 64 * D if variant == "gpt3" else 0
+    positions = 64 * D if variant == "transformer" else 0
     assert config.n_params() == expected + 1000 * D + positions
 
 
@@ -114,7 +114,7 @@ def test_overfits_one_batch(variant):
 
 def test_init_is_gpt2_style():
     torch.manual_seed(0)
-    config = tiny("gpt3", n_layer=8, d_model=128, n_head=4)
+    config = tiny("transformer", n_layer=8, d_model=128, n_head=4)
     model = Transformer(config)
     assert model.embed.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
@@ -126,7 +126,7 @@ def test_init_is_gpt2_style():
 
 
 def test_init_weights_fills_a_meta_model():
-    config = tiny("pp")
+    config = tiny("transformer++")
     with torch.device("meta"):
         model = Transformer(config)
     model.to_empty(device="cpu")
@@ -139,11 +139,11 @@ def test_init_weights_fills_a_meta_model():
 
 def test_rejects_bad_configs_and_long_inputs():
     with pytest.raises(ValueError, match="not divisible"):
-        tiny("gpt3", n_head=3)
-    with pytest.raises(ValueError, match="valid: gpt3, pp"):
+        tiny("transformer", n_head=3)
+    with pytest.raises(ValueError, match=r"valid: transformer, transformer\+\+"):
         tiny("llama")
     with pytest.raises(ValueError, match="even head dim"):
-        tiny("pp", d_model=30, n_head=2)
-    model = Transformer(tiny("pp"))
+        tiny("transformer++", d_model=30, n_head=2)
+    model = Transformer(tiny("transformer++"))
     with pytest.raises(ValueError, match="seq_len"):
         model(torch.zeros(1, 17, dtype=torch.long))

@@ -1,6 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 
-from tasks.config import ConfigError, load_sweep, parse_overrides
+from tasks.config import PROJECT_ROOT, ConfigError, load_sweep, parse_overrides
 
 GOOD = """
 name: t
@@ -63,3 +66,14 @@ def test_overrides_are_validated_like_the_file(tmp_path):
         load_sweep(write(tmp_path, GOOD), parse_overrides(["train.zero_stage=7"]))
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["train.batch_tokens"])
+
+
+def test_loading_a_sweep_imports_no_torch():
+    code = "import sys; from tasks.config import load_sweep; load_sweep('deployments/sweeps/pile.yaml'); "
+    check = "assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code + check], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    # The negative control: planning builds model configs, which needs torch.
+    plan = "from tasks.plan import plan_sweep; "
+    proc = subprocess.run([sys.executable, "-c", plan + code + check], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert "AssertionError: torch imported" in proc.stderr

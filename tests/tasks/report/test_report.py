@@ -71,7 +71,9 @@ def test_scaling_report_puts_several_sweeps_in_one_report(recorded, capsys):
     assert "**mamba (alpha)**" in md and "**transformer++ (beta)**" in md
     rows = markdown_section(md, "### All runs")
     assert rows[0].startswith("| run | sweep | status |") and len(rows) - 2 == 84
-    laws = markdown_section(md, "### Loss vs compute: L = a · C^-b through the compute frontier (95% bootstrap intervals)")
+    laws = markdown_section(
+        md, "### Loss vs compute: L = a · C^-b through the compute frontier (95% bootstrap intervals)"
+    )
     assert {row.split(" | ")[0].lstrip("| ") for row in laws[2:]} == {
         f"{arch} ({sweep})" for arch in ("hyena", "mamba", "transformer++") for sweep in ("alpha", "beta")
     }

@@ -27,7 +27,8 @@ def test_wsd_holds_then_decays_linearly():
 
 
 def test_no_decay_on_norms_biases_and_embeddings():
-    from models.registry import LADDERS, build_model, model_config
+    from models.ladders import LADDERS
+    from models.registry import build_model, model_config
 
     model = build_model(model_config("transformer", LADDERS["tiny"][0], vocab_size=64, seq_len=16))
     decay, no_decay = param_groups(model, 0.1)

@@ -1,17 +1,18 @@
-"""Data pipeline figures: `python -m tasks.bench_data [--tokenizer bpe:4096 --memory-corpus-mb 1024 ...]`.
+"""Data pipeline figures: `scaling bench data [--tokenizer bpe:4096 --memory-corpus-mb 1024 ...]`.
 
 1. Tokenization throughput: the train shards of a sample corpus (the whole Python standard
-   library in Pile format, ~30 MB) written to a token file by `tasks.encode.write_tokens`, reading, parsing and
+   library in Pile format, ~30 MB) written to a token file by `tasks.data.encode.write_tokens`, reading, parsing and
    writing included, with one process (the tokenizer on one thread) and with a worker per core:
-   tokens/s of each, and the ratio.
+   tokens/s of each, and the workers' speed-up over the one process (the baseline).
 2. Loader wait: for every architecture at the largest `tiny` size, the time `train_batch` takes
    to draw a step's batch against the time of the training step itself (forward, backward, AdamW
    under bf16 autocast, as the trainer runs it, without DeepSpeed's bookkeeping, which would only
-   lengthen the step), as the share of the step spent waiting for data.
+   lengthen the step), as the share of the step spent waiting for data. `--set` overrides the
+   sample sweep's fields for it, e.g. `--set data.seq_len=32` for a tiny run.
 3. Memory: a token cache built with `prepare_data` from a synthetic Pile corpus bigger than the
    memory the build is given (RLIMIT_DATA, which counts every private writable mapping, on the
    build process and each of its workers): the peak resident memory of the build process and of
-   its largest worker (polled from /proc), against the corpus size.
+   its largest worker (polled from /proc), as ratios against the corpus size.
 
 Each measurement runs in its own subprocess, so none inherits another's memory or threads.
 """
@@ -30,14 +31,17 @@ import time
 from pathlib import Path
 
 # The tokenizing workers are spawned and import this module first: nothing heavy at its top.
+from tasks.bench.table import print_table, ratio
 
 
-def _run(*args: str, env: dict | None = None, limit_bytes: int | None = None) -> dict:
+def _run(kind: str, env: dict | None = None, limit_bytes: int | None = None, **kwargs) -> dict:
+    """WORKERS[kind](**kwargs) in a fresh `scaling bench data --worker` process: what it returns."""
+
     def limit():
         if limit_bytes:
             resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
 
-    cmd = [sys.executable, "-m", "tasks.bench_data", "--worker", *args]
+    cmd = [sys.executable, "-m", "tasks.bench", "data", "--worker", kind, json.dumps(kwargs)]
     proc = subprocess.run(
         cmd, check=False, capture_output=True, text=True, env={**os.environ, **(env or {})}, preexec_fn=limit
     )
@@ -77,9 +81,9 @@ class ChildPeaks:
 
 
 def tokenize_worker(corpus: str, tokenizer: str, workers: int, out: str) -> dict:
-    from tasks.corpus import iter_records
-    from tasks.encode import write_tokens
-    from tasks.tokenizer import end_token_id
+    from tasks.data.corpus import iter_records
+    from tasks.data.encode import write_tokens
+    from tasks.data.tokenizer import end_token_id
 
     tok = _tokenizer(Path(corpus), tokenizer, Path(out).parent)
     t0 = time.perf_counter()
@@ -88,42 +92,46 @@ def tokenize_worker(corpus: str, tokenizer: str, workers: int, out: str) -> dict
 
 
 def _tokenizer(corpus: Path, spec: str, cache: Path):
-    from tasks.corpus import iter_documents
-    from tasks.tokenizer import load_tokenizer
+    from tasks.data.corpus import iter_documents
+    from tasks.data.tokenizer import load_tokenizer
 
     return load_tokenizer(spec, lambda: iter_documents(corpus, "train"), cache)
 
 
 def tokenization(corpus: Path, tokenizer: str, workers: int, tmp: Path) -> None:
     _tokenizer(corpus, tokenizer, tmp)  # trained once, outside the timings
-    single = _run(
-        "tokenize", str(corpus), tokenizer, "1", str(tmp / "one.bin"), env={"TOKENIZERS_PARALLELISM": "false"}
-    )
-    parallel = _run("tokenize", str(corpus), tokenizer, str(workers), str(tmp / "many.bin"))
+    common = {"corpus": str(corpus), "tokenizer": tokenizer}
+    single = _run("tokenize", env={"TOKENIZERS_PARALLELISM": "false"}, workers=1, out=str(tmp / "one.bin"), **common)
+    parallel = _run("tokenize", workers=workers, out=str(tmp / "many.bin"), **common)
     if (tmp / "one.bin").read_bytes() != (tmp / "many.bin").read_bytes():
         raise SystemExit("the parallel build wrote different tokens from the single-process one")
-    print(f"1. tokenization, {tokenizer}, {single['tokens']:,} tokens of a sample corpus's train shards")
-    for name, r in (("1 process", single), (f"{workers} workers", parallel)):
-        print(f"   {name:12} {r['tokens'] / r['seconds']:12,.0f} tokens/s  ({r['seconds']:.1f} s)")
-    print(f"   ratio x{single['seconds'] / parallel['seconds']:.2f} (identical token files)")
+    print_table(
+        f"1. tokenization, {tokenizer}, {single['tokens']:,} tokens of a sample corpus's train shards "
+        "(identical token files)",
+        ["", "tokens/s", "s", "speed-up vs 1 process"],
+        [
+            [name, f"{r['tokens'] / r['seconds']:,.0f}", f"{r['seconds']:.1f}", ratio(single["seconds"], r["seconds"])]
+            for name, r in (("1 process", single), (f"{workers} workers", parallel))
+        ],
+    )
 
 
 # ---------------------------------------------------------------- 2. loader wait
 
 
-def loader_worker(arch: str, size: str, threads: int, steps: int) -> dict:
+def loader_worker(arch: str, size: str, threads: int, steps: int, output: str | None, overrides: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
     from models.registry import build_model, model_config
     from tasks.config import load_sweep, resolve_sweep_path
     from tasks.data import prepare_data
+    from tasks.data.loader import train_batch
     from tasks.layout import Layout
-    from tasks.loader import train_batch
 
     torch.set_num_threads(threads)
-    cfg = load_sweep(resolve_sweep_path("sample"), {"architectures": [arch], "sizes": [size]})
-    cache = prepare_data(cfg.data, Layout.at(None).data)
+    cfg = load_sweep(resolve_sweep_path("sample"), {"architectures": [arch], "sizes": [size], **overrides})
+    cache = prepare_data(cfg.data, Layout.at(output).data)
     size_cfg = next(s for s in cfg.size_ladder() if s.name == size)
     model = build_model(model_config(arch, size_cfg.model_dump(), cache.vocab_size, cfg.data.seq_len))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -144,12 +152,18 @@ def loader_worker(arch: str, size: str, threads: int, steps: int) -> dict:
     return {"data_ms": 1e3 * data_s / steps, "step_ms": 1e3 * step_s / steps, "batch": [batch, cfg.data.seq_len]}
 
 
-def loader_wait(archs: list[str], size: str, threads: int) -> None:
-    print(f"2. loader wait at size {size}, {threads} threads (batch from the sample sweep)")
+def loader_wait(archs: list[str], size: str, threads: int, output: str | None, overrides: dict) -> None:
+    rows, batch = [], None
     for arch in archs:
-        r = _run("loader", arch, size, str(threads), "8")
-        share = r["data_ms"] / (r["data_ms"] + r["step_ms"])
-        print(f"   {arch:14} batch {r['data_ms']:6.2f} ms  step {r['step_ms']:8.1f} ms  wait {share:6.2%}")
+        r = _run("loader", arch=arch, size=size, threads=threads, steps=8, output=output, overrides=overrides)
+        share, batch = r["data_ms"] / (r["data_ms"] + r["step_ms"]), r["batch"]
+        rows.append([arch, f"{r['data_ms']:.2f}", f"{r['step_ms']:.1f}", f"{share:.2%}"])
+    print_table(
+        f"2. loader wait at size {size}, {threads} threads, batch {batch[0]} x {batch[1]} tokens; "
+        "wait = batch / (batch + training step), both timed in the same process",
+        ["arch", "batch ms", "step ms", "wait"],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------- 3. memory of a cache build
@@ -194,47 +208,65 @@ def memory_worker(corpus: str, data_root: str) -> dict:
 
 def memory(megabytes: int, limit_mb: int, tmp: Path) -> None:
     corpus_bytes = synthetic_pile(tmp / "pile", megabytes)
+    corpus_mib = corpus_bytes / 2**20
     # One OpenBLAS thread: its per-thread buffers would otherwise take most of a small limit.
     r = _run(
-        "memory", str(tmp / "pile"), str(tmp / "data"), env={"OPENBLAS_NUM_THREADS": "1"}, limit_bytes=limit_mb * 2**20
+        "memory",
+        env={"OPENBLAS_NUM_THREADS": "1"},
+        limit_bytes=limit_mb * 2**20,
+        corpus=str(tmp / "pile"),
+        data_root=str(tmp / "data"),
     )
-    print(
-        f"3. cache build over {corpus_bytes / 2**20:,.0f} MiB of text ({r['tokens']:,} tokens, bytes tokenizer) "
-        f"with {limit_mb} MiB of data memory per process (RLIMIT_DATA): {r['seconds']:.0f} s"
+    print_table(
+        f"3. cache build over {corpus_mib:,.0f} MiB of text ({r['tokens']:,} tokens, bytes tokenizer) "
+        f"with {limit_mb} MiB of data memory per process (RLIMIT_DATA): {r['seconds']:.0f} s",
+        ["", "MiB", "vs corpus"],
+        [
+            ["corpus text", f"{corpus_mib:.0f}", ratio(corpus_mib, corpus_mib)],
+            ["build process, peak resident", f"{r['peak_mib']:.0f}", ratio(r["peak_mib"], corpus_mib)],
+            ["largest worker, peak resident", f"{r['worker_peak_mib']:.0f}", ratio(r["worker_peak_mib"], corpus_mib)],
+        ],
     )
-    print(f"   peak resident: build {r['peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")
 
 
-def main() -> None:
-    from models.registry import ARCHITECTURES
-    from tasks.sample_corpus import build_sample_corpus
+WORKERS = {"tokenize": tokenize_worker, "loader": loader_worker, "memory": memory_worker}
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", default="bpe:4096")
-    parser.add_argument("--sample-mb", type=int, default=32, help="sample corpus size (32: the whole stdlib)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--size", default="t5")
-    parser.add_argument("--memory-corpus-mb", type=int, default=512)
-    parser.add_argument("--memory-limit-mb", type=int, default=256)
-    parser.add_argument("--only", choices=["tokenize", "loader", "memory"])
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+
+def parser() -> argparse.ArgumentParser:
+    from models.ladders import ARCH_NAMES
+
+    ap = argparse.ArgumentParser(prog="scaling bench data", description=__doc__.splitlines()[0])
+    ap.add_argument("--tokenizer", default="bpe:4096")
+    ap.add_argument("--sample-mb", type=int, default=32, help="sample corpus size (32: the whole stdlib)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--size", default="t5")
+    ap.add_argument("--archs", nargs="+", default=list(ARCH_NAMES), choices=list(ARCH_NAMES))
+    ap.add_argument("--output", default=None, help="where the loader's token cache goes (default: ./outputs)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sample sweep field")
+    ap.add_argument("--memory-corpus-mb", type=int, default=512)
+    ap.add_argument("--memory-limit-mb", type=int, default=256)
+    ap.add_argument("--only", choices=["tokenize", "loader", "memory"])
+    ap.add_argument("--worker", nargs=2, metavar=("KIND", "KWARGS"), help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.config import parse_overrides
+
+    args = parser().parse_args(argv)
     if args.worker:
-        kind, *rest = args.worker
-        fn = {"tokenize": tokenize_worker, "loader": loader_worker, "memory": memory_worker}[kind]
-        typed = [int(a) if a.isdigit() else a for a in rest]
-        print(json.dumps(fn(*typed)))
-        return
+        kind, kwargs = args.worker
+        print(json.dumps(WORKERS[kind](**json.loads(kwargs))))
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "tokenize"):
+            from tasks.data.sample_corpus import build_sample_corpus
+
             corpus = build_sample_corpus(Path(tmp) / "sample", args.sample_mb * 2**20)
             tokenization(corpus, args.tokenizer, args.workers, Path(tmp))
         if args.only in (None, "loader"):
-            loader_wait(list(ARCHITECTURES), args.size, args.workers)
+            loader_wait(args.archs, args.size, args.workers, args.output, parse_overrides(args.set))
         if args.only in (None, "memory"):
             memory(args.memory_corpus_mb, args.memory_limit_mb, Path(tmp))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,4 +1,4 @@
-"""Times the selective-scan paths: `python -m kernels.bench_selective_scan [--batch 8 --seq-len 2048 ...]`.
+"""Times the selective-scan paths: `scaling bench scan [--batch 8 --seq-len 2048 ...]`.
 
 First checks the fast CPU paths against the reference on a small input (outputs and gradients),
 then measures forward + backward of `selective_scan_ref`, `selective_scan_chunked` and
@@ -13,6 +13,7 @@ Each path runs in a fresh subprocess, so that one's allocations cannot hide the 
   exist, i.e. the most memory the passes added, activations and autograd buffers included.
 With --ref-seq-len shorter than --seq-len, the reference is timed there and scaled linearly to
 --seq-len (its cost is linear in L), and its memory is reported at that length.
+The table's ratios are against the reference: its time over each path's, each path's memory over its.
 
 Timings on a shared machine are noisy: --threads 1 gives the steadiest ratio.
 """
@@ -28,6 +29,8 @@ import sys
 import time
 
 import torch
+
+from tasks.bench.table import print_table, ratio
 
 FAST = ("chunked", "cpu")
 
@@ -78,61 +81,59 @@ def worker(path: str, b: int, d: int, L: int, n: int, repeats: int) -> dict:
 
 
 def run_path(path: str, args: argparse.Namespace, L: int) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "kernels.bench_selective_scan",
-        "--worker",
-        path,
-        "--batch",
-        str(args.batch),
-        "--seq-len",
-        str(L),
-        "--d-inner",
-        str(args.d_inner),
-        "--d-state",
-        str(args.d_state),
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-    ]
+    """One path's time and memory, measured in a fresh `scaling bench scan --worker` process."""
+    flags = {
+        "--worker": path,
+        "--batch": args.batch,
+        "--seq-len": L,
+        "--d-inner": args.d_inner,
+        "--d-state": args.d_state,
+        "--repeats": args.repeats,
+        "--threads": args.threads,
+    }
+    cmd = [sys.executable, "-m", "tasks.bench", "scan", *(str(x) for kv in flags.items() for x in kv)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--d-inner", type=int, default=512)
-    parser.add_argument("--d-state", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ref-seq-len", type=int, default=None, help="time the reference at this L and scale")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--worker", choices=["ref", *FAST], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scaling bench scan", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--d-inner", type=int, default=512)
+    ap.add_argument("--d-state", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ref-seq-len", type=int, default=None, help="time the reference at this L and scale")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--worker", choices=["ref", *FAST], help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.d_inner, args.seq_len, args.d_state, args.repeats)))
-        return
+        return 0
 
-    for path in FAST:
-        print(f"{path} vs ref, small input: max relative error {check(path):.1e} (outputs and all 8 gradients)")
+    errors = [[path, f"{check(path):.1e}"] for path in FAST]
+    print_table("fast paths vs ref on a small input, outputs and all 8 gradients", ["path", "max rel error"], errors)
     L, ref_L = args.seq_len, args.ref_seq_len or args.seq_len
-    print(
-        f"batch {args.batch}, L {L}, d_inner {args.d_inner}, d_state {args.d_state}, {args.threads} threads; "
-        f"forward + backward, best of {args.repeats}; memory = peak RSS added by the passes"
-    )
     ref = run_path("ref", args, ref_L)
-    ref_s = ref["seconds"] * L / ref_L
-    scaled = f" (timed at L {ref_L}, scaled x{L / ref_L:g}; memory at L {ref_L})" if ref_L != L else ""
-    print(f"  ref      {ref_s:8.3f} s   {ref['peak_mib']:8.0f} MiB{scaled}")
+    ref_s, ref_mib = ref["seconds"] * L / ref_L, ref["peak_mib"]
+    rows = [["ref", ref_L, f"{ref_s:.3f}", f"{ref_mib:.0f}", ratio(ref_s, ref_s), ratio(ref_mib, ref_mib)]]
     for path in FAST:
         fast = run_path(path, args, L)
-        speedup = ref_s / fast["seconds"]
-        print(f"  {path:8} {fast['seconds']:8.3f} s   {fast['peak_mib']:8.0f} MiB   x{speedup:.1f} vs ref")
-
-
-if __name__ == "__main__":
-    main()
+        # The reference's memory at a shorter L says nothing about a ratio at L.
+        memory = ratio(fast["peak_mib"], ref_mib) if ref_L == L else "-"
+        rows.append(
+            [path, L, f"{fast['seconds']:.3f}", f"{fast['peak_mib']:.0f}", ratio(ref_s, fast["seconds"]), memory]
+        )
+    scaled = f"; ref timed at L {ref_L}, its time scaled x{L / ref_L:g} to L {L}" if ref_L != L else ""
+    print_table(
+        f"batch {args.batch}, L {L}, d_inner {args.d_inner}, d_state {args.d_state}, {args.threads} threads; "
+        f"forward + backward, best of {args.repeats}; memory = peak RSS added by the passes{scaled}",
+        ["path", "timed at L", "seconds", "peak MiB", "speed-up vs ref", "memory vs ref"],
+        rows,
+    )
+    return 0

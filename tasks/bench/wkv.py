@@ -1,11 +1,11 @@
-"""Times the WKV paths: `python -m kernels.bench_wkv [--batch 8 --seq-len 1024 --channels 512]`.
+"""Times the WKV paths: `scaling bench wkv [--batch 8 --seq-len 1024 --channels 512]`.
 
 First checks the fast path against the reference on a small input (outputs and gradients),
 then times forward + backward of each at the given size, best of --repeats. Inputs follow
 RWKV-4's initialisation (kernels.wkv's docstring has the recurrence). The reference runs T
 steps one after another; when a probe says it would take longer than --ref-budget seconds, it
 is timed at a shorter length and scaled linearly to T (its cost is linear in T), and the
-report says so.
+report says so. The speed-up is against the reference: its time over the fast path's.
 
 Timings on a shared machine are noisy: --threads 1 gives the steadiest ratio; with more
 threads than free cores, every parallel op waits for the busiest core.
@@ -20,6 +20,7 @@ import time
 import torch
 
 from kernels.wkv import CHUNK, wkv_fast, wkv_ref
+from tasks.bench.table import print_table, ratio
 
 
 def rwkv_inputs(B: int, T: int, C: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -53,22 +54,29 @@ def check(B: int = 2, T: int = 3 * CHUNK + 5, C: int = 64) -> dict[str, float]:
     return errors
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--channels", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ref-budget", type=float, default=60.0, help="seconds the reference may take at full length")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    args = parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scaling bench wkv", description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--channels", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ref-budget", type=float, default=60.0, help="seconds the reference may take at full length")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     B, T, C = args.batch, args.seq_len, args.channels
 
     errors = check()
-    print("fast vs ref, max relative error: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-    print(f"B={B} T={T} C={C}, {torch.get_num_threads()} threads, forward + backward, best of {args.repeats}")
+    print_table(
+        "fast vs ref on a small input, max relative error",
+        ["", *errors],
+        [["fast", *(f"{e:.1e}" for e in errors.values())]],
+    )
 
     time_fwd_bwd(wkv_fast, B, T, C)  # warm-up: first calls pay for allocations and lazy init
     probe_T = min(T, 4 * CHUNK)
@@ -79,11 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):
         ref = min(ref, time_fwd_bwd(wkv_ref, B, ref_T, C) * T / ref_T)
         fast = min(fast, time_fwd_bwd(wkv_fast, B, T, C))
-    note = "" if ref_T == T else f" (timed at T={ref_T}, scaled x{T / ref_T:.1f})"
-    print(f"ref   {ref * 1e3:9.1f} ms{note}")
-    print(f"fast  {fast * 1e3:9.1f} ms")
-    print(f"ratio {ref / fast:9.1f}x")
-
-
-if __name__ == "__main__":
-    main()
+    note = "" if ref_T == T else f"; ref timed at T={ref_T}, its time scaled x{T / ref_T:.1f} to T={T}"
+    print_table(
+        f"B={B} T={T} C={C}, {torch.get_num_threads()} threads, forward + backward, best of {args.repeats}{note}",
+        ["path", "timed at T", "ms", "speed-up vs ref"],
+        [["ref", ref_T, f"{ref * 1e3:.1f}", ratio(ref, ref)], ["fast", T, f"{fast * 1e3:.1f}", ratio(ref, fast)]],
+    )
+    return 0
