@@ -132,7 +132,7 @@ class ResourcesConfig(_Strict):
     ranks_per_run: PositiveInt = 1
     """Data-parallel ranks (GPUs, or CPU processes) for one run."""
     concurrency: PositiveInt = 1
-    """Grid points trained at once."""
+    """Runs trained at once."""
     threads_per_rank: PositiveInt | None = None
     """CPU threads per rank (default: cores / (concurrency x ranks_per_run))."""
     flops_per_s: PositiveFloat | None = None

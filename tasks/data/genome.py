@@ -19,7 +19,6 @@ followed by `<eos>`; `tokenizer.json` (a character-level WordLevel tokenizer, fo
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import pyfaidx
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from tasks.atomic import atomic_path
 from tasks.config import DataConfig
 from tasks.data.corpus import DataError, file_digest
 
@@ -161,10 +161,8 @@ def open_fasta(fasta: Path, data_root: Path) -> tuple[pyfaidx.Fasta, Path]:
             index = data_root / "faidx" / f"{fasta.name}-{file_digest(fasta)[:16]}.fai"
             if not index.is_file():
                 # Built under a temporary name: a killed build never leaves an index that looks whole.
-                index.parent.mkdir(parents=True, exist_ok=True)
-                tmp = index.with_name(f".{index.name}.tmp-{os.getpid()}")
-                pyfaidx.Faidx(str(fasta), indexname=str(tmp)).close()
-                os.replace(tmp, index)
+                with atomic_path(index) as tmp:
+                    pyfaidx.Faidx(str(fasta), indexname=str(tmp)).close()
         return pyfaidx.Fasta(str(fasta), indexname=str(index), as_raw=True), index
     except (pyfaidx.FastaIndexingError, UnicodeDecodeError, ValueError, OSError) as e:
         raise DataError(f"{fasta}: not a readable FASTA ({e})") from None

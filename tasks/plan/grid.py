@@ -15,7 +15,7 @@ from tasks.plan.spec import Plan, RunSpec, data_identity, run_id_of
 
 
 def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
-    """Every grid point of the sweep as a RunSpec, or ConfigError naming what cannot run."""
+    """Every run of the sweep's grid as a RunSpec, or ConfigError naming what cannot run."""
     check_data(cfg.data)
     vocab = vocab_size_for(cfg.data)
     fps = flops_per_s or cfg.resources.flops_per_s or measure_flops_per_s(threads_per_rank(cfg))
@@ -46,7 +46,7 @@ def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
                         )
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
-        raise ConfigError("the grid has duplicate points (repeated sizes, token budgets or learning rates)")
+        raise ConfigError("the grid has duplicate runs (repeated sizes, token budgets or learning rates)")
     return Plan(sweep=cfg.name, runs=runs, flops_per_s=fps)
 
 

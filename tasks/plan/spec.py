@@ -1,4 +1,4 @@
-"""The planned records: `RunSpec`, one fully resolved grid point, and `Plan`, the sweep's grid.
+"""The planned records: `RunSpec`, one fully resolved run (a point of the grid), and `Plan`, the sweep's grid.
 
 A RunSpec's `run_id` hashes its content and CODE_VERSION (never paths), so the same run in two
 sweeps is the same run and a re-run finds it.

@@ -88,7 +88,7 @@ class MetricSender:
     """Sends curve rows and tags to one MLflow run from a background thread, in the order given.
 
     The training loop only enqueues. After a failure the sender skips work for OUTAGE_S: what it
-    skips is in Parquet, and finish_child re-sends the whole curve when the point ends."""
+    skips is in Parquet, and finish_child re-sends the whole curve when the run ends."""
 
     def __init__(self, uri: str, mlflow_run_id: str):
         self.uri, self.run_id = uri, mlflow_run_id

@@ -14,17 +14,9 @@ from tasks.data import DataError, TokenCache, check_data, prepare_data, vocab_si
 from tasks.data.corpus import iter_documents, iter_text_documents
 from tasks.data.sample_corpus import SAMPLE_MARKER, SAMPLE_SET_NAME, build_sample_corpus
 from tasks.data.tokenizer import load_tokenizer
+from tests.tasks.data import piles
 
 SAMPLE_BYTES = 300_000
-
-
-def _zst(path: Path, lines: list[bytes]) -> Path:
-    path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(b"".join(lines)))
-    return path
-
-
-def _record(text: str) -> bytes:
-    return json.dumps({"text": text, "meta": {"pile_set_name": "test"}}).encode() + b"\n"
 
 
 def _sample_cfg(sample: Path) -> dict:
@@ -90,7 +82,7 @@ def test_sample_corpus_is_reused_and_refuses_foreign_folders(sample, tmp_path):
 
 
 def test_reader_errors_name_file_and_line(tmp_path):
-    good = _zst(tmp_path / "00.jsonl.zst", [_record(f"document {i} " * 200) for i in range(200)])
+    good = piles.zst(tmp_path / "00.jsonl.zst", [piles.record(f"document {i} " * 200) for i in range(200)])
     truncated = tmp_path / "trunc" / "00.jsonl.zst"
     truncated.parent.mkdir()
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -105,16 +97,16 @@ def test_reader_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"flip/00\.jsonl\.zst: corrupt"):
         list(iter_documents(flipped.parent, "train"))
 
-    _zst(tmp_path / "val.jsonl.zst", [_record("a"), _record("b"), b"{not json\n"])
+    piles.zst(tmp_path / "val.jsonl.zst", [piles.record("a"), piles.record("b"), b"{not json\n"])
     with pytest.raises(DataError, match=r"val\.jsonl\.zst, line 3: not a JSON record"):
         list(iter_documents(tmp_path, "val"))
 
     texts = tmp_path / "texts"
     texts.mkdir()
-    (texts / "a.jsonl").write_bytes(_record("fine") + b'{"meta": {}}\n')
+    (texts / "a.jsonl").write_bytes(piles.record("fine") + b'{"meta": {}}\n')
     with pytest.raises(DataError, match=r'a\.jsonl, line 2: the record has no "text"'):
         list(iter_text_documents(texts))
-    (texts / "a.jsonl").write_bytes(_record("fine"))
+    (texts / "a.jsonl").write_bytes(piles.record("fine"))
     (texts / "b.txt").write_bytes(b"line one\nline \xff two\n")
     with pytest.raises(DataError, match=r"b\.txt, line 2: not UTF-8"):
         list(iter_text_documents(texts))
@@ -123,7 +115,7 @@ def test_reader_errors_name_file_and_line(tmp_path):
 def test_pile_shards_in_train_subfolder_read_in_numeric_order(tmp_path):
     (tmp_path / "train").mkdir()
     for i in (10, 2, 0):
-        _zst(tmp_path / "train" / f"{i:02d}.jsonl.zst", [_record(f"shard {i}")])
+        piles.zst(tmp_path / "train" / f"{i:02d}.jsonl.zst", [piles.record(f"shard {i}")])
     assert list(iter_documents(tmp_path, "train")) == ["shard 0", "shard 2", "shard 10"]
 
 
@@ -165,7 +157,10 @@ def test_bpe_cache_is_reused_and_keyed_by_content(sample, pile_copy, tmp_path):
 
     shard = pile_copy / "00.jsonl.zst"
     original = shard.read_bytes()
-    _zst(shard, [_record("a new first document")] + [_record(t) for t in iter_documents(pile_copy, "train")][:5])
+    piles.zst(
+        shard,
+        [piles.record("a new first document")] + [piles.record(t) for t in iter_documents(pile_copy, "train")][:5],
+    )
     try:
         changed = prepare_data(cfg, tmp_path)
     finally:
@@ -189,7 +184,7 @@ def test_cache_without_manifest_is_rebuilt(pile_copy, tmp_path):
 def test_failed_build_leaves_no_cache(tmp_path):
     corpus = tmp_path / "pile"
     corpus.mkdir()
-    _zst(corpus / "00.jsonl.zst", [_record("fine"), b"broken\n"])
+    piles.zst(corpus / "00.jsonl.zst", [piles.record("fine"), b"broken\n"])
     with pytest.raises(DataError, match=r"00\.jsonl\.zst, line 2"):
         prepare_data(DataConfig(source="pile", path=str(corpus), tokenizer="bytes"), tmp_path / "data")
     assert not any(p.name.startswith(("tokens-", ".tokens-")) for p in (tmp_path / "data").iterdir())
@@ -201,8 +196,8 @@ def test_text_folder_holds_out_the_tail(tmp_path):
     docs = [f"document number {i}: " + "lorem ipsum " * (20 + i % 7) for i in range(60)]
     for i, d in enumerate(docs[:20]):
         (folder / f"a{i:02d}.txt").write_text(d)
-    (folder / "sub" / "b.jsonl").write_bytes(b"".join(_record(d) for d in docs[20:40]))
-    _zst(folder / "sub" / "c.jsonl.zst", [_record(d) for d in docs[40:]])
+    (folder / "sub" / "b.jsonl").write_bytes(b"".join(piles.record(d) for d in docs[20:40]))
+    piles.zst(folder / "sub" / "c.jsonl.zst", [piles.record(d) for d in docs[40:]])
     assert list(iter_text_documents(folder)) == docs
 
     cfg = DataConfig(source="text", path=str(folder), tokenizer="bytes", val_tokens=1000, seq_len=16)
@@ -267,104 +262,6 @@ def test_too_short_validation_split_is_named(sample, tmp_path):
 # ---------------------------------------------------------------- bad records, subsets, mixtures
 
 
-def _set_record(text: str, set_name: str) -> bytes:
-    return json.dumps({"text": text, "meta": {"pile_set_name": set_name}}).encode() + b"\n"
-
-
-def _mixed_pile(root: Path) -> Path:
-    """Two sets, 40 documents each, over two train shards, and a val shard with both."""
-    root.mkdir()
-    for shard in range(2):
-        lines = [
-            _set_record(f"{name} document {shard}-{i} " * 8, name) for i in range(20) for name in ("Alpha", "Beta")
-        ]
-        _zst(root / f"{shard:02d}.jsonl.zst", lines)
-    _zst(
-        root / "val.jsonl.zst",
-        [_set_record(f"{name} held out {i} " * 8, name) for i in range(30) for name in ("Alpha", "Beta")],
-    )
-    return root
-
-
-def _manifest(cache) -> dict:
-    return json.loads((cache.dir / "manifest.json").read_text())
-
-
-def _bad_pile(root: Path) -> Path:
-    """A Pile folder with one bad record of every kind, a truncated shard and an empty one."""
-    root.mkdir()
-    good = [_record(f"good document {i} " * 20) for i in range(40)]
-    _zst(
-        root / "00.jsonl.zst",
-        [*good[:10], b"{not json\n", b'{"meta": {}}\n', b'{"text": "bad \xff byte"}\n', *good[10:20]],
-    )
-    # Big enough for several zstd blocks, so that the records before the cut can be read.
-    whole = _zst(
-        root / "01.jsonl.zst", [_record(f"record {i} of a long shard " * 20) for i in range(2000)]
-    ).read_bytes()
-    (root / "01.jsonl.zst").write_bytes(whole[: len(whole) // 2])
-    (root / "02.jsonl.zst").write_bytes(b"")
-    _zst(root / "val.jsonl.zst", good)
-    return root
-
-
-def test_bad_records_stop_the_build_by_default_naming_file_and_line(tmp_path):
-    corpus = _bad_pile(tmp_path / "pile")
-    cfg = DataConfig(source="pile", path=str(corpus), tokenizer="bytes", val_tokens=256, seq_len=16)
-    with pytest.raises(DataError, match=r"00\.jsonl\.zst, line 11: not a JSON record"):
-        prepare_data(cfg, tmp_path / "data")
-    assert not any(p.name.startswith(("tokens-", ".tokens-")) for p in (tmp_path / "data").iterdir())
-
-
-def test_bad_records_are_skipped_and_counted_by_cause(tmp_path):
-    corpus = _bad_pile(tmp_path / "pile")
-    cfg = DataConfig(
-        source="pile", path=str(corpus), tokenizer="bytes", val_tokens=256, seq_len=16, on_bad_record="skip"
-    )
-    cache = prepare_data(cfg, tmp_path / "data")
-    skipped = _manifest(cache)["skipped"]
-    assert skipped["policy"] == "skip"
-    assert skipped["counts"] == {"corrupt_file": 1, "empty_file": 1, "invalid_utf8": 1, "no_text": 1, "not_json": 1}
-    assert skipped["examples"]["invalid_utf8"] == [
-        f"{corpus / '00.jsonl.zst'}, line 13: not UTF-8 text (invalid start byte at byte 14)"
-    ]
-    assert "01.jsonl.zst: corrupt or truncated zstd data after line" in skipped["examples"]["corrupt_file"][0]
-    # The 20 good records of shard 00 and those of the truncated 01 that precede the damage.
-    documents = _manifest(cache)["documents"]["train"]
-    assert 20 < documents < 20 + 2000
-    assert np.count_nonzero(cache.train_tokens() == cache.eot_id) == documents
-    # A sweep that wants errors does not get the skipping cache.
-    with pytest.raises(DataError, match="line 11: not a JSON record"):
-        prepare_data(cfg.model_copy(update={"on_bad_record": "error"}), tmp_path / "data")
-
-
-def test_subsets_keep_only_the_named_sets(tmp_path):
-    corpus = _mixed_pile(tmp_path / "pile")
-    cfg = DataConfig(source="pile", path=str(corpus), tokenizer="bytes", val_tokens=512, seq_len=16, subsets=["Beta"])
-    manifest = _manifest(prepare_data(cfg, tmp_path / "data"))
-    assert set(manifest["sets"]["train"]) == {"Beta"} and manifest["sets"]["train"]["Beta"]["documents"] == 40
-    assert set(manifest["sets"]["val"]) == {"Beta"}
-    assert manifest["selection"]["subsets"] == ["Beta"]
-
-    typo = cfg.model_copy(update={"subsets": ["Beta", "Gamma"]})
-    with pytest.raises(DataError, match=r"data\.subsets: no document of Gamma in .* \(sets there: Beta\)"):
-        prepare_data(typo, tmp_path / "data")
-
-
-def test_mixture_weights_repeat_or_thin_a_set_in_train_only(tmp_path):
-    corpus = _mixed_pile(tmp_path / "pile")
-    base = DataConfig(source="pile", path=str(corpus), tokenizer="bytes", val_tokens=512, seq_len=16)
-    plain = _manifest(prepare_data(base, tmp_path / "data"))["sets"]
-    mixed = prepare_data(base.model_copy(update={"mixture": {"Alpha": 2.0, "Beta": 0.5}}), tmp_path / "data")
-    sets = _manifest(mixed)["sets"]
-    assert sets["train"]["Alpha"]["documents"] == 2 * plain["train"]["Alpha"]["documents"] == 80
-    assert sets["train"]["Alpha"]["tokens"] == 2 * plain["train"]["Alpha"]["tokens"]
-    assert 10 <= sets["train"]["Beta"]["documents"] <= 30  # a seeded half of 40
-    assert sets["val"] == plain["val"]  # validation is never reweighted
-    again = prepare_data(base.model_copy(update={"mixture": {"Alpha": 2.0, "Beta": 0.5}}), tmp_path / "again")
-    assert np.array_equal(again.train_tokens(), mixed.train_tokens())  # the same documents on every build
-
-
 def test_a_killed_build_leaves_nothing_that_is_used_and_is_cleared(pile_copy, tmp_path):
     cfg = DataConfig(source="pile", path=str(pile_copy), tokenizer="bytes", val_tokens=1024, seq_len=32)
     first = prepare_data(cfg, tmp_path)
@@ -376,4 +273,4 @@ def test_a_killed_build_leaves_nothing_that_is_used_and_is_cleared(pile_copy, tm
     (stale / "train.bin").write_bytes(b"\0" * 100)
     cache = prepare_data(cfg, tmp_path)
     assert cache == first and not stale.exists()
-    assert _manifest(cache)["tokens"]["train"] == first.n_train
+    assert json.loads((cache.dir / "manifest.json").read_text())["tokens"]["train"] == first.n_train
