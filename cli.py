@@ -23,10 +23,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 def cmd_plan(args) -> int:
     from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
+    from tasks.layout import Layout
     from tasks.plan import format_plan, plan_sweep
 
     cfg = load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
-    print(format_plan(plan_sweep(cfg), cfg.resources.concurrency))
+    plan, layout = plan_sweep(cfg), Layout.at(args.output)
+    print(format_plan(plan, cfg.resources.concurrency, {r.run_id: layout.run(r.run_id).state() for r in plan.runs}))
     return 0
 
 
@@ -107,8 +109,7 @@ def _dispatch(argv: list[str]) -> int:
         p = sub.add_parser(name)
         p.add_argument("config", help="sweep file, e.g. deployments/sweeps/sample.yaml (or just 'sample')")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field")
-        if name == "run":
-            p.add_argument("--output", default=None, help="output folder (default: $SCALING_OUTPUT or ./outputs)")
+        p.add_argument("--output", default=None, help="output folder (default: $SCALING_OUTPUT or ./outputs)")
     p = sub.add_parser("fit")
     p.add_argument("runs", help="runs.parquet (or .csv) with n_params, tokens, val_loss")
     p.add_argument("--out", help="where to write fits.json (default: beside the runs table)")

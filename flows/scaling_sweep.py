@@ -68,11 +68,11 @@ def scaling_sweep(
 ) -> SweepOutcome:
     """Run a sweep end to end; returns where its results are and how its runs ended."""
     install_stop_handlers()
+    layout = Layout.at(output)
     try:
-        sweep_file, cfg, plan = steps.read_sweep(sweep, overrides)
+        sweep_file, cfg, plan = steps.read_sweep(sweep, overrides, layout)
     except (ConfigError, DataError) as err:  # bad input: the run fails with its message, nothing computed
         return Failed(message=str(err), data=err)
-    layout = Layout.at(output)
     cache = steps.prepare_tokens(cfg, layout)
     tracking = steps.open_tracking(cfg, layout, sweep_file)
 

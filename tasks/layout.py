@@ -16,6 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.atomic import write_atomic
+from tasks.status import FINISHED
+
+CHECKPOINT_DONE = "COMPLETE"
+"""The marker a checkpoint folder (ckpt/step<N>/) gets once every rank's files are in it; DeepSpeed writes none."""
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint folders under `root` that have their marker, oldest step first."""
+    return sorted((p.parent for p in root.glob(f"step*/{CHECKPOINT_DONE}")), key=lambda p: int(p.name[4:]))
 
 
 def _read_json(path: Path) -> dict:
@@ -79,6 +88,14 @@ class RunDir:
         total = self.read_timing().get("process_s", 0.0) + seconds
         write_atomic(self.timing, json.dumps({"process_s": total, "message": message}))
         return total
+
+    def state(self) -> str:
+        """What a re-run would do with this run: its finished status word, `resume at step N`, or `new`."""
+        status = self.status()
+        if status in FINISHED:
+            return status
+        done = complete_checkpoints(self.ckpt)
+        return f"resume at step {done[-1].name[4:]}" if done else "new"
 
     def read_synced(self) -> dict:
         return _read_json(self.synced)

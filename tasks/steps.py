@@ -25,13 +25,14 @@ from tasks.track.mlflow_runs import Tracking
 from tasks.train import launch
 
 
-def read_sweep(sweep: str, overrides: dict[str, Any] | None) -> tuple[Path, SweepConfig, plan.Plan]:
+def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> tuple[Path, SweepConfig, plan.Plan]:
     """The sweep file, its validated config and its plan: ConfigError or DataError on bad input, before
     any compute. Plain (not a task), so that bad input fails the flow with its message and no traceback."""
     sweep_file = resolve_sweep_path(sweep)
     cfg = load_sweep(sweep_file, overrides)
     p = plan.plan_sweep(cfg)
-    get_run_logger().info("plan:\n%s", plan.format_plan(p, cfg.resources.concurrency))
+    states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
+    get_run_logger().info("plan:\n%s", plan.format_plan(p, cfg.resources.concurrency, states))
     return sweep_file, cfg, p
 
 

@@ -14,7 +14,6 @@ skipped and counted by cause for the cache's manifest (`skip`), through a `Skips
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -31,10 +30,6 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.zst")
 
 _SHARD = re.compile(r"^(\d+)\.jsonl\.zst$")
 _CHUNK = 1 << 20
-# Content hashes key the token cache. A real Pile shard is ~15 GB, and hashing 30 of them in full would take
-# minutes on every start, so big files are hashed by size plus their first and last MiB.
-_FULL_HASH_LIMIT = 64 << 20
-_EDGE = 1 << 20
 
 
 UNLABELLED = "unlabelled"
@@ -69,19 +64,6 @@ class Skips:
 
     def to_dict(self) -> dict:
         return {"policy": self.policy, "counts": dict(sorted(self.counts.items())), "examples": self.examples}
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the whole file below 64 MiB; above, of its size and its first and last MiB."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        if size < _FULL_HASH_LIMIT:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-        h = hashlib.sha256(str(size).encode())
-        h.update(fh.read(_EDGE))
-        fh.seek(size - _EDGE)
-        h.update(fh.read(_EDGE))
-        return h.hexdigest()
 
 
 # ---------------------------------------------------------------- reading

@@ -30,7 +30,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from tasks.atomic import atomic_path
 from tasks.config import DataConfig
-from tasks.data.corpus import DataError, file_digest
+from tasks.data.corpus import DataError
+from tasks.data.digests import file_digest
 
 FASTA_NAME = "hg38.ml.fa"
 BED_NAMES = ("human-sequences.bed", "sequences_human.bed")

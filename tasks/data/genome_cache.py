@@ -18,7 +18,7 @@ import pyfaidx
 from tasks.atomic import build_dir, replace_dir, write_atomic
 from tasks.config import DataConfig
 from tasks.data.cache import FORMAT, TokenCache
-from tasks.data.corpus import DataError, file_digest
+from tasks.data.corpus import DataError
 from tasks.data.genome import (
     EOS_ID,
     INVALID,
@@ -35,6 +35,7 @@ from tasks.data.genome import (
     read_bed,
     split_intervals,
 )
+from tasks.data.identity import describe
 from tasks.data.loader import INTERVALS_FILE, read_intervals, window_counts
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,6 @@ def _write_split(fa: pyfaidx.Fasta, intervals: list[Interval], out: Path, fasta:
     return spans, counts
 
 
-def _describe(path: Path, name: str | None = None) -> dict:
-    return {"name": name or path.name, "size": path.stat().st_size, "sha256": file_digest(path)}
-
-
 def _load(folder: Path) -> TokenCache | None:
     """The finished genome cache in `folder`: a loadable TokenCache whose interval index spans its streams."""
     try:
@@ -116,7 +113,8 @@ def _build(fa: pyfaidx.Fasta, fasta: Path, by_split: dict[str, list[Interval]], 
             np.save(tmp / INTERVALS_FILE.format(split=split), spans)
             tokens[split] = int(spans[-1, 1])
             symbols[split] = {t: int(c) for t, c in zip(TOKENS, counts) if c}
-            outputs += [_describe(tmp / f"{split}.bin"), _describe(tmp / INTERVALS_FILE.format(split=split))]
+            index_file = INTERVALS_FILE.format(split=split)
+            outputs += [describe(tmp / f"{split}.bin", f"{split}.bin"), describe(tmp / index_file, index_file)]
         manifest = manifest | {
             "tokenizer_sha256": hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest(),
             "tokens": tokens,
@@ -153,7 +151,7 @@ def prepare_genome(cfg: DataConfig, data_root: Path) -> TokenCache:
     with fa:
         kept, skipped, examples = check_contigs(intervals, fa, bed, fasta, cfg.on_bad_record)
         by_split = split_intervals(kept, bed, sum(skipped.values()))
-        files = [_describe(fasta), _describe(index, f"{fasta.name}.fai"), _describe(bed)]
+        files = [describe(fasta, fasta.name), describe(index, f"{fasta.name}.fai"), describe(bed, bed.name)]
         tokenizer = f"char-v{TOKENIZER_VERSION}"
         key = hashlib.sha256(json.dumps([FORMAT, "hg38", files, tokenizer]).encode()).hexdigest()
         final = data_root / f"tokens-{key[:16]}"

@@ -3,8 +3,9 @@
 `prepare_data(cfg, data_root)` resolves the corpus (tasks.data.corpus), loads or trains the tokenizer and writes
 `data_root/tokens-<key16>/` holding `train.bin` and `val.bin` (flat token ids, every document followed by the
 end-of-document token; uint16 when the vocabulary fits, else uint32), `tokenizer.json` and, last,
-`manifest.json`. A folder without a valid manifest is never used. The key hashes the source files (see
-`file_digest`), the tokenizer and val_tokens; not seq_len, since any context length can window one stream.
+`manifest.json`. A folder without a valid manifest is never used. The key hashes the corpus's identity
+(tasks.data.identity: the files' contents, the tokenizer, val_tokens and the selection); not seq_len, since any
+context length can window one stream.
 
 Validation split: the Pile layout's val.jsonl.zst (the sample corpus has one), read only as far as
 val_tokens. A text folder, or a Pile folder without val.jsonl.zst, holds out the tail of its stream: the
@@ -32,17 +33,16 @@ from tasks.data.cache import FORMAT, TokenCache, load_cache, sha256_json
 from tasks.data.corpus import (
     DataError,
     Skips,
-    file_digest,
     iter_records,
     iter_text_records,
     pile_files,
-    text_files,
 )
 from tasks.data.encode import write_tokens
 from tasks.data.genome import VOCAB_SIZE
 from tasks.data.genome_cache import check_genome, prepare_genome
+from tasks.data.identity import corpus_identity, corpus_path
 from tasks.data.mixture import check_sets, select
-from tasks.data.sample_corpus import build_sample_corpus, check_sample_dir
+from tasks.data.sample_corpus import build_sample_corpus
 from tasks.data.tokenizer import end_token_id, load_tokenizer, parse_spec, user_tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,33 +53,11 @@ worker (a fresh interpreter importing the project) costs seconds, a small corpus
 _COPY_TOKENS = 1 << 22
 
 
-def _corpus_path(cfg: DataConfig) -> Path | None:
-    """The corpus folder of pile/text sources, checked to exist and hold files (no reading); None for sample."""
-    if cfg.source == "sample":
-        if cfg.path is not None:
-            check_sample_dir(Path(cfg.path).expanduser())
-        return None
-    example = "/datasets/pile" if cfg.source == "pile" else "/datasets/my-text"
-    fix = f"set data.path to the corpus folder (e.g. --set data.path={example})"
-    if cfg.path is None:
-        raise DataError(f"data.source {cfg.source!r} needs a corpus folder: {fix}")
-    path = Path(cfg.path).expanduser()
-    if not path.is_dir():
-        raise DataError(f"data.path {path.absolute()}: no such folder (data.source {cfg.source!r}); {fix}")
-    if cfg.source == "pile" and not pile_files(path)[0]:
-        raise DataError(
-            f"{path.absolute()}: no Pile train shards (NN.jsonl.zst, e.g. 00.jsonl.zst) in it or in its train/; {fix}"
-        )
-    if cfg.source == "text" and not text_files(path):
-        raise DataError(f"{path.absolute()}: no .txt, .jsonl or .jsonl.zst files in it; {fix}")
-    return path
-
-
 def check_data(cfg: DataConfig) -> None:
     """The cheap checks of prepare_data (folders and files exist, tokenizer spec parses), reading no data."""
     if cfg.source == "hg38":  # a genome, not documents
         return check_genome(cfg)
-    _corpus_path(cfg)
+    corpus_path(cfg)
     parse_spec(cfg.tokenizer)
 
 
@@ -227,36 +205,16 @@ def prepare_data(cfg: DataConfig, data_root: Path) -> TokenCache:
         return prepare_genome(cfg, data_root)
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
-    corpus = _corpus_path(cfg)
-    _, _, tok_file = parse_spec(cfg.tokenizer)
+    corpus = corpus_path(cfg)
     if corpus is None:
         where = Path(cfg.path).expanduser() if cfg.path else data_root / "sample-corpus"
         corpus = build_sample_corpus(where, cfg.sample_bytes)
-    layout = "text" if cfg.source == "text" else "pile"
-    if layout == "pile":
-        shards, val = pile_files(corpus)
-        sources = shards + ([val] if val else [])
-    else:
-        sources = text_files(corpus)
-    files = [
-        {"name": p.relative_to(corpus).as_posix(), "size": p.stat().st_size, "sha256": file_digest(p)} for p in sources
-    ]
-    tokenizer = f"file:{file_digest(tok_file)}" if tok_file else cfg.tokenizer
-    selection = {"subsets": cfg.subsets, "mixture": cfg.mixture, "on_bad_record": cfg.on_bad_record}
-    key = sha256_json(
-        {
-            "format": FORMAT,
-            "layout": layout,
-            "files": files,
-            "tokenizer": tokenizer,
-            "val_tokens": cfg.val_tokens,
-            **selection,
-        }
-    )
+    ident = corpus_identity(cfg, corpus)
+    key = sha256_json({"format": FORMAT, **ident})
     final = data_root / f"tokens-{key[:16]}"
     cache = load_cache(final)
     if cache is None:
-        _build(cfg, corpus, layout, files, key, data_root)
+        _build(cfg, corpus, ident["layout"], ident["files"], key, data_root)
         cache = load_cache(final)
         if cache is None:
             raise DataError(f"{final}: the token cache just built does not load; is another process removing it?")

@@ -65,7 +65,8 @@ def _pick_val(docs: list[tuple[str, bytes]]) -> set[str]:
     return val or {min(by_hash, key=lambda d: len(d[1]))[0]}
 
 
-def _sample_params(max_bytes: int) -> dict:
+def sample_params(max_bytes: int) -> dict:
+    """What the sample corpus is a function of: its format, this Python (its stdlib is the text) and the size."""
     return {"format": 1, "source": SAMPLE_SET_NAME, "python": platform.python_version(), "max_bytes": max_bytes}
 
 
@@ -113,7 +114,7 @@ def build_sample_corpus(out_dir: Path, max_bytes: int) -> Path:
     place; a finished folder (marker file with the same Python and max_bytes) is reused.
     """
     out_dir = Path(out_dir)
-    params = _sample_params(max_bytes)
+    params = sample_params(max_bytes)
     if _is_sample(out_dir, params):
         return out_dir
     check_sample_dir(out_dir)

@@ -60,8 +60,9 @@ def _fmt_s(s: float) -> str:
     return f"{s / 86400:.1f}d"
 
 
-def format_plan(plan: Plan, concurrency: int = 1) -> str:
-    """The grid as a fixed-width table, with the sweep's totals."""
+def format_plan(plan: Plan, concurrency: int = 1, states: dict[str, str] | None = None) -> str:
+    """The grid as a fixed-width table, with the sweep's totals; `states` (run_id -> RunDir.state) adds
+    what a run of the sweep would do with each run."""
     head = [
         "run_id",
         "arch",
@@ -75,6 +76,7 @@ def format_plan(plan: Plan, concurrency: int = 1) -> str:
         "steps",
         "flops",
         "est",
+        *(["state"] if states else []),
     ]
     rows = [
         [
@@ -90,13 +92,14 @@ def format_plan(plan: Plan, concurrency: int = 1) -> str:
             str(r.steps),
             f"{r.flops:.3g}",
             _fmt_s(r.est_wall_s),
+            *([states[r.run_id]] if states else []),
         ]
         for r in plan.runs
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
 
     def line(cells: list[str]) -> str:  # text columns flush left, numbers flush right
-        return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.rjust(w) if 3 <= i < 12 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     out = [line(head), line(["-" * w for w in widths]), *map(line, rows)]
     out.append("")
@@ -105,4 +108,8 @@ def format_plan(plan: Plan, concurrency: int = 1) -> str:
         f"{_fmt_s(plan.total_est_wall_s)} of training, about {_fmt_s(plan.total_est_wall_s / concurrency)} wall "
         f"at concurrency {concurrency} (at {plan.flops_per_s:.3g} FLOP/s per rank)"
     )
+    if states:
+        resuming = sum(s.startswith("resume") for s in states.values())
+        new = sum(s == "new" for s in states.values())
+        out.append(f"{len(states) - resuming - new} finished (skipped), {resuming} resuming, {new} new")
     return "\n".join(out)

@@ -10,8 +10,9 @@ import math
 from models.registry import model_config
 from tasks.config import ConfigError, SweepConfig
 from tasks.data import check_data, vocab_size_for
+from tasks.data.identity import data_identity
 from tasks.plan.estimate import fmt_count, fmt_lr, measure_flops_per_s, threads_per_rank
-from tasks.plan.spec import Plan, RunSpec, data_identity, run_id_of
+from tasks.plan.spec import Plan, RunSpec, run_id_of
 
 
 def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
@@ -22,7 +23,7 @@ def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
     sizes = [s for s in cfg.size_ladder() if cfg.sizes is None or s.name in cfg.sizes]
     seqs_per_rank = cfg.train.batch_tokens // cfg.data.seq_len // cfg.resources.ranks_per_run
     micro = cfg.train.micro_batch_size or seqs_per_rank
-    data = data_identity(cfg)
+    data = {**data_identity(cfg.data), "seq_len": cfg.data.seq_len}
     runs = []
     for arch in cfg.architectures:
         for size in sizes:
@@ -64,6 +65,9 @@ def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, 
         "schedule": schedule,
         "optimizer": optimizer,
         "precision": cfg.train.precision,
+        # DeepSpeed's checkpoints hold for one world size and ZeRO partitioning: other ones are another run.
+        "ranks": cfg.resources.ranks_per_run,
+        "zero_stage": cfg.train.zero_stage,
         "data": data,
     }
     flops = fpt * tokens

@@ -1,7 +1,8 @@
 """The planned records: `RunSpec`, one fully resolved run (a point of the grid), and `Plan`, the sweep's grid.
 
-A RunSpec's `run_id` hashes its content and CODE_VERSION (never paths), so the same run in two
-sweeps is the same run and a re-run finds it.
+A RunSpec's `run_id` hashes everything that changes what the run computes (model, optimizer, schedule,
+steps, batch, seed, precision, ranks, ZeRO stage, the data's content) and CODE_VERSION, never a path:
+the same run in two sweeps is the same run, a re-run finds it, and other data is another run.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
-
-from tasks.config import SweepConfig
 
 # Bump when a change alters the numbers a run produces (model, loss, schedule, data order).
 CODE_VERSION = "1"
@@ -54,7 +52,7 @@ class RunSpec:
     log_interval: int
     val_tokens: int
     data: dict
-    """The data identity (source, tokenizer, lengths), never a path."""
+    """The data's identity by content, never a path (tasks.data.identity), and seq_len."""
     est_wall_s: float
 
     def to_dict(self) -> dict:
@@ -78,17 +76,6 @@ class Plan:
     @property
     def total_est_wall_s(self) -> float:
         return sum(r.est_wall_s for r in self.runs)
-
-
-def data_identity(cfg: SweepConfig) -> dict:
-    d = cfg.data
-    ident = {"source": d.source, "tokenizer": d.tokenizer, "seq_len": d.seq_len, "val_tokens": d.val_tokens}
-    if d.source == "sample":
-        ident["sample_bytes"] = d.sample_bytes
-    tok = Path(d.tokenizer)
-    if tok.suffix == ".json" and tok.is_file():
-        ident["tokenizer"] = "sha256:" + hashlib.sha256(tok.read_bytes()).hexdigest()[:16]
-    return ident
 
 
 def run_id_of(content: dict) -> str:

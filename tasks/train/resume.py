@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tasks.layout import CHECKPOINT_DONE, complete_checkpoints
+
 if TYPE_CHECKING:
     from tasks.train.setup import Session
 
@@ -25,17 +27,16 @@ class Checkpoints:
         self.root, self.keep = root, keep
 
     def latest(self) -> str | None:
-        done = sorted(p.parent.name for p in self.root.glob("step*/COMPLETE"))
-        return max(done, key=lambda t: int(t[4:]), default=None)
+        done = complete_checkpoints(self.root)
+        return done[-1].name if done else None
 
     def save(self, engine, step: int, state: dict) -> None:
         tag = f"step{step}"
         engine.save_checkpoint(str(self.root), tag=tag, client_state=state)
         torch.distributed.barrier()
         if engine.global_rank == 0:
-            (self.root / tag / "COMPLETE").write_text(str(step))
-            tags = sorted((p.parent for p in self.root.glob("step*/COMPLETE")), key=lambda p: int(p.name[4:]))
-            for old in tags[: -self.keep]:
+            (self.root / tag / CHECKPOINT_DONE).write_text(str(step))
+            for old in complete_checkpoints(self.root)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         torch.distributed.barrier()
 

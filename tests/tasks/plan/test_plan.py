@@ -2,6 +2,7 @@ import pytest
 
 from models.registry import model_config
 from tasks.config import ConfigError, load_sweep, parse_overrides
+from tasks.layout import CHECKPOINT_DONE, Layout
 from tasks.plan import format_plan, plan_sweep
 from tests.conftest import tiny_sweep
 
@@ -53,3 +54,47 @@ def test_budget_smaller_than_one_step_is_rejected(tmp_path):
 def test_format_plan_has_table_and_totals(tmp_path):
     text = format_plan(plan(tmp_path, lrs="[1.0e-3, 3.0e-3]"), concurrency=2)
     assert "n_params" in text and "nonembed" in text and "4 runs" in text and "concurrency 2" in text
+
+
+def text_corpus(folder, extra: str = "") -> str:
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text("the same words " * 500 + extra)
+    (folder / "b.txt").write_text("and some more " * 500)
+    return str(folder)
+
+
+def ids(tmp_path, *overrides) -> list[str]:
+    return [r.run_id for r in plan(tmp_path, list(overrides)).runs]
+
+
+def test_run_id_follows_the_data_content_not_its_path(tmp_path):
+    a = text_corpus(tmp_path / "a")
+    same_elsewhere = text_corpus(tmp_path / "copy" / "of-a")
+    one_byte_more = text_corpus(tmp_path / "b", extra="!")
+    base = ids(tmp_path, "data.source=text", f"data.path={a}")
+    assert ids(tmp_path, "data.source=text", f"data.path={same_elsewhere}") == base
+    assert not set(ids(tmp_path, "data.source=text", f"data.path={one_byte_more}")) & set(base)
+    for change in ("data.subsets=[Pile-CC]", "data.mixture={unlabelled: 2.0}", "data.on_bad_record=skip"):
+        assert not set(ids(tmp_path, "data.source=text", f"data.path={a}", change)) & set(base), change
+
+
+def test_ranks_and_zero_stage_are_part_of_a_run(tmp_path):
+    base = set(ids(tmp_path))
+    assert not set(ids(tmp_path, "resources.ranks_per_run=2")) & base
+    assert not set(ids(tmp_path, "train.zero_stage=2")) & base
+    assert set(ids(tmp_path, "resources.concurrency=1")) == base  # how many run at once changes nothing
+
+
+def test_plan_says_what_a_run_of_the_sweep_would_do(tmp_path):
+    p = plan(tmp_path, sizes="[t1]", lrs="[1.0e-3, 3.0e-3, 1.0e-2]")
+    layout = Layout.at(tmp_path / "out")
+    done, resuming, new = (layout.run(r.run_id) for r in p.runs)
+    done.path.mkdir(parents=True)
+    done.write_status(status="completed", step=8)
+    (resuming.ckpt / "step20").mkdir(parents=True)
+    (resuming.ckpt / "step20" / CHECKPOINT_DONE).write_text("20")
+    (resuming.ckpt / "step30").mkdir()  # a checkpoint killed before its marker does not count
+    states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
+    assert [states[r.run_id] for r in p.runs] == ["completed", "resume at step 20", "new"]
+    text = format_plan(p, 1, states)
+    assert "resume at step 20" in text and "1 finished (skipped), 1 resuming, 1 new" in text
