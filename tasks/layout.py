@@ -10,8 +10,14 @@ owner of every folder and file name in it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +37,24 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _flock(fd: int, path: Path, block: bool) -> bool:
+    """Take the exclusive lock; False when another holds it and `block` is off."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(
+                err.errno,
+                f"{path}: this file system does not support flock (Lustre mounted without -o flock, some FUSE "
+                "mounts), so two launchers of a run could train it at once; put the output folder on one that "
+                "does (local disk, NFSv4, GPFS, Lustre with -o flock) with --output or $SCALING_OUTPUT",
+            ) from None
+        raise
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run's folder. status.json is written last by the training process (rank 0), and only there."""
@@ -43,8 +67,8 @@ class RunDir:
 
     spec = property(lambda self: self.path / "spec.json")
     """The RunSpec (tasks.plan.spec), written by the launcher before each training process."""
-    launch = property(lambda self: self.path / "launch.json")
-    """Where the training process finds its token cache, threads, port and MLflow run."""
+    lock_file = property(lambda self: self.path / "lock")
+    """flock'ed by the one launcher (and its training process) that writes the run: RunDir.lock."""
     status_file = property(lambda self: self.path / "status.json")
     timing = property(lambda self: self.path / "timing.json")
     """Process time summed over the run's invocations, and the last one's message."""
@@ -61,11 +85,30 @@ class RunDir:
     def write_spec(self, spec: dict) -> None:
         write_atomic(self.spec, json.dumps(spec, indent=1))
 
-    def read_launch(self) -> dict:
-        return json.loads(self.launch.read_text())
+    def write_launch(self, launch: dict) -> Path:
+        """A launch record of this writer's own (launch-<host>-<pid>-<random>.json): where its training process
+        finds the token cache, threads, port and MLflow run."""
+        path = self.path / f"launch-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        write_atomic(path, json.dumps(launch, indent=1))
+        return path
 
-    def write_launch(self, launch: dict) -> None:
-        write_atomic(self.launch, json.dumps(launch, indent=1))
+    @contextmanager
+    def lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[int]:
+        """Hold the run's one-writer lock: flock on its lock file, for as long as the yielded descriptor is open
+        in any process. The launcher hands it to its training process, so a killed launcher's trainer holds it
+        until it is gone too. A second launcher waits for it; `on_wait` hears whom it waits for."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _flock(fd, self.lock_file, block=False):
+                if on_wait:
+                    on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another launcher")
+                _flock(fd, self.lock_file, block=True)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+            yield fd
+        finally:
+            os.close(fd)
 
     def read_status(self) -> dict:
         """The final record of the run's last training process ({} while none has finished)."""

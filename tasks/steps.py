@@ -64,7 +64,16 @@ def train_run(
     mlflow_run = None
     if tracking.parent_run_id and run.status() not in st.FINISHED:
         mlflow_run = mlflow_runs.child_run(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec)
-    result = launch.train_run(spec, run, cache.dir, threads, tracking.uri, mlflow_run, timeout_s)
+    result = launch.train_run(
+        spec,
+        run,
+        cache.dir,
+        threads,
+        tracking.uri,
+        mlflow_run,
+        timeout_s,
+        on_wait=lambda holder: logger.info("%s: waiting for %s, which is training it", spec.name, holder),
+    )
     # A run trained while the store was down (or in another sweep) is sent now; one already sent is not.
     mlflow_runs.finish_child(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec, run, result.status)
     if result.skipped:

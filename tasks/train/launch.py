@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(spec: RunSpec, run: RunDir) -> list[str]:
-    process = ["-m", "tasks.train.process", str(run.path)]
+def _command(spec: RunSpec, run: RunDir, launch: Path) -> list[str]:
+    process = ["-m", "tasks.train.process", str(run.path), str(launch)]
     if spec.ranks == 1:
         return [sys.executable, *process]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.ranks}", *process]
@@ -109,40 +110,46 @@ def train_run(
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
     timeout_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train one run to its end: skip it if finished, resume it if a checkpoint exists."""
-    status = run.status()
-    if status in st.FINISHED:
-        return RunResult(spec.run_id, status, skipped=True, process_s=0.0)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.clear_status()
-    run.write_spec(spec.to_dict())
-    launch = {
-        "cache_dir": str(cache_dir),
-        "threads": threads,
-        "master_port": _free_port(),
-        "mlflow_uri": mlflow_uri,
-        "mlflow_run_id": mlflow_run_id,
-        "launcher_pid": os.getpid(),
-    }
-    run.write_launch(launch)
-    t0 = time.time()
-    with open(run.log, "ab") as logf:
-        proc = subprocess.Popen(
-            _command(spec, run),
-            cwd=ROOT,
-            env=_environment(threads),
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        message = _wait(proc, timeout_s)
-    status = run.status() or st.FAILED
-    if status == st.FAILED and not message:
-        message = "training process exited without writing status.json"
-    if message:
-        message += f"; see {run.log}"
-    process_s = run.add_timing(time.time() - t0, message)
+    """Train one run to its end: skip it if finished, resume it if a checkpoint exists. One launcher at a
+    time: another one's launch of the same run waits for it (`on_wait` hears of that), then skips."""
+    with run.lock(on_wait) as lock_fd:
+        status = run.status()
+        if status in st.FINISHED:
+            return RunResult(spec.run_id, status, skipped=True, process_s=0.0)
+        run.clear_status()
+        run.write_spec(spec.to_dict())
+        launch = {
+            "cache_dir": str(cache_dir),
+            "threads": threads,
+            "master_port": _free_port(),
+            "mlflow_uri": mlflow_uri,
+            "mlflow_run_id": mlflow_run_id,
+            "launcher_pid": os.getpid(),
+        }
+        launch_file = run.write_launch(launch)
+        t0 = time.time()
+        try:
+            with open(run.log, "ab") as logf:
+                proc = subprocess.Popen(
+                    _command(spec, run, launch_file),
+                    cwd=ROOT,
+                    env=_environment(threads),
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(lock_fd,),
+                )
+                message = _wait(proc, timeout_s)
+        finally:
+            launch_file.unlink(missing_ok=True)
+        status = run.status() or st.FAILED
+        if status == st.FAILED and not message:
+            message = "training process exited without writing status.json"
+        if message:
+            message += f"; see {run.log}"
+        process_s = run.add_timing(time.time() - t0, message)
     return RunResult(spec.run_id, status, skipped=False, process_s=process_s, message=message)
 
 

@@ -1,7 +1,7 @@
-"""The training process of one run: `python -m tasks.train.process RUN_DIR`.
+"""The training process of one run: `python -m tasks.train.process RUN_DIR LAUNCH_FILE`.
 
 Started by tasks.train.launch (directly for one rank, through torchrun for several). Reads the run's
-spec.json (the RunSpec) and launch.json (where the token cache and MLflow are), trains with a DeepSpeed
+spec.json (the RunSpec) and its launcher's launch record (where the token cache and MLflow are), trains with a DeepSpeed
 ZeRO engine (fp32 master weights, bf16 autocast, AdamW, warmup + cosine/WSD, clipping), evaluates,
 checkpoints, and writes status.json last:
 
@@ -23,12 +23,12 @@ from tasks.train.setup import start
 from tasks.train.step import train
 
 
-def main(run_dir: Path) -> int:
-    session = start(RunDir(run_dir))
+def main(run_dir: Path, launch_file: Path) -> int:
+    session = start(RunDir(run_dir), launch_file)
     first_step, wall_before = resume(session)
     finish(session, train(session, first_step, wall_before))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -6,6 +6,7 @@ warmup then cosine (or WSD) to min_lr; bf16 is autocast around the forward pass.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -144,10 +145,10 @@ def _engine(spec: RunSpec):
     return engine, sched
 
 
-def start(run: RunDir) -> Session:
+def start(run: RunDir, launch_file: Path) -> Session:
     """Read the run's spec and launch record, join the process group and build the engine, data and logs."""
     spec = RunSpec.from_dict(run.read_spec())
-    launch = run.read_launch()
+    launch = json.loads(launch_file.read_text())
     watch_launcher(launch["launcher_pid"])
     torch.set_num_threads(launch["threads"])
     rank, world, device = _distributed(launch)

@@ -68,8 +68,7 @@ fit:
     val = curves.val_loss.dropna()
     assert len(val) == 3 and val.iloc[-1] < val.iloc[0]
 
-    launch = json.loads(next((out / "runs").glob("*/launch.json")).read_text())
-    manifest = json.loads((Path(launch["cache_dir"]) / "manifest.json").read_text())
+    manifest = json.loads(next((out / "data").glob("tokens-*/manifest.json")).read_text())
     assert manifest["source"] == "hg38" and manifest["intervals"] == {"train": 2, "valid": 1, "test": 1}
     assert manifest["tokens"] == {"train": 24_002, "val": 6_001}
 

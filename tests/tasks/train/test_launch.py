@@ -1,0 +1,64 @@
+"""tasks.train.launch: one launcher at a time per run, each with its own launch record."""
+
+import os
+import threading
+from contextlib import contextmanager
+
+import pytest
+
+from tasks.config import load_sweep
+from tasks.data import prepare_data
+from tasks.layout import RunDir
+from tasks.plan import plan_sweep
+from tasks.track.curves import read_curve
+from tasks.train.launch import train_run
+from tests.conftest import tiny_sweep
+
+
+@pytest.fixture
+def one_run(tmp_path):
+    cfg = load_sweep(tiny_sweep(tmp_path, sizes="[t1]"))
+    spec = plan_sweep(cfg).runs[0]
+    return spec, RunDir(tmp_path / "runs" / spec.run_id), prepare_data(cfg.data, tmp_path / "data")
+
+
+def launch_twice_at_once(spec, run, cache) -> tuple[list, list[str]]:
+    results, waited = [None, None], []
+
+    def launch(i):
+        results[i] = train_run(spec, run, cache.dir, 1, on_wait=waited.append)
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, waited
+
+
+@pytest.mark.slow
+def test_the_same_run_launched_twice_at_once_trains_once(one_run, monkeypatch):
+    spec, run, cache = one_run
+    results, waited = launch_twice_at_once(spec, run, cache)
+    assert sorted(r.skipped for r in results) == [False, True]  # one trained, the other waited and skipped
+    assert len(waited) == 1 and f"pid {os.getpid()}" in waited[0]
+    assert run.log.read_text().count("rank(s) on") == 1
+    steps = read_curve(run.curve).column("step").to_pylist()
+    assert steps == sorted(set(steps)) and steps[-1] == spec.steps
+    assert not list(run.path.glob("launch-*.json"))  # each launcher's record goes with it
+
+    # The negative control: without the lock both launchers train the run.
+    @contextmanager
+    def no_lock(self, on_wait=None):
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    other = RunDir(run.path.with_name("unlocked"))
+    monkeypatch.setattr(RunDir, "lock", no_lock)
+    other.path.mkdir()
+    results, waited = launch_twice_at_once(spec, other, cache)
+    assert [r.skipped for r in results] == [False, False] and not waited
+    assert other.log.read_text().count("rank(s) on") == 2
