@@ -12,6 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tasks.train.resume import seal
 from tests.conftest import ROOT, scaling, tiny_sweep
 
 
@@ -88,6 +89,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_e
     }
     state["data"]["cache_key"] = "another corpus"
     torch.save(state, states)
+    seal(ckpt, step)  # as a checkpoint written whole, on other data, would be
     (run_dir / "status.json").unlink()
     scaling("run", sweep, "--output", out, env=prefect_env, check=False)
     assert f"{ckpt} was trained on other data" in (run_dir / "train.log").read_text()

@@ -62,3 +62,28 @@ def test_the_same_run_launched_twice_at_once_trains_once(one_run, monkeypatch):
     results, waited = launch_twice_at_once(spec, other, cache)
     assert [r.skipped for r in results] == [False, False] and not waited
     assert other.log.read_text().count("rank(s) on") == 2
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_costs_only_the_steps_since_the_one_before(tmp_path):
+    cfg = load_sweep(tiny_sweep(tmp_path, sizes="[t1]", multipliers="[1.0]", checkpoint_interval=4))
+    spec = plan_sweep(cfg).runs[0]
+    cache = prepare_data(cfg.data, tmp_path / "data")
+    reference = RunDir(tmp_path / "reference")
+    assert train_run(spec, reference, cache.dir, 1).status == "completed"
+    expected = reference.read_status()
+
+    run = RunDir(tmp_path / "damaged")
+    train_run(spec, run, cache.dir, 1)
+    older, newest = sorted(run.ckpt.glob("step*"), key=lambda p: int(p.name[4:]))
+    states = newest / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:1000])  # as a full disk or a kill mid-copy leaves it
+    run.clear_status()  # as if the process had died after that checkpoint
+    assert train_run(spec, run, cache.dir, 1).status == "completed"
+    log = run.log.read_text()
+    assert f"checkpoint {newest.name} rejected: mp_rank_00_model_states.pt does not match its manifest" in log
+    assert f"resumed from {older.name}" in log
+    final = run.read_status()
+    assert (final["train_loss"], final["val_loss"]) == (expected["train_loss"], expected["val_loss"])
+    steps = read_curve(run.curve).column("step").to_pylist()
+    assert steps == read_curve(reference.curve).column("step").to_pylist()
