@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -122,6 +123,15 @@ class RunDir:
 
     def clear_status(self) -> None:
         self.status_file.unlink(missing_ok=True)
+
+    def restart(self, why: str) -> None:
+        """Drop what the run trained (status, curve, checkpoints) so that it trains from step 0; the log
+        keeps why."""
+        self.clear_status()
+        for folder in (self.curve, self.ckpt):
+            shutil.rmtree(folder, ignore_errors=True)
+        with open(self.log, "a") as log:
+            log.write(f"restarted: {why}\n")
 
     def read_timing(self) -> dict:
         return _read_json(self.timing)

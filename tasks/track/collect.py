@@ -12,7 +12,7 @@ import pyarrow as pa
 from tasks import status as st
 from tasks.layout import Layout, RunDir, SweepDir
 from tasks.plan import RunSpec
-from tasks.track.curves import curve_schema, read_curve, write_parquet_atomic
+from tasks.track.curves import CurveDamage, curve_damage, curve_schema, read_curve, write_parquet_atomic
 
 RUN_COLUMNS = [
     "sweep",
@@ -43,6 +43,9 @@ RUN_COLUMNS = [
 
 def run_row(spec: RunSpec, run: RunDir) -> dict:
     status, timing = run.read_status(), run.read_timing()
+    message = timing.get("message", "")
+    if status.get("status") in st.FINISHED and (why := curve_damage(run.curve, status.get("rows"))):
+        status, message = {**status, "status": st.CORRUPT}, f"{why}; the next invocation trains it again"
     row = {k: getattr(spec, k) for k in RUN_COLUMNS if hasattr(spec, k)}
     row.update(
         train_loss=status.get("train_loss", float("nan")),
@@ -51,9 +54,16 @@ def run_row(spec: RunSpec, run: RunDir) -> dict:
         wall_s=status.get("wall_s", float("nan")),
         process_s=timing.get("process_s", float("nan")),
         status=status.get("status") or (st.FAILED if run.path.exists() else st.PENDING),
-        message=timing.get("message", ""),
+        message=message,
     )
     return row
+
+
+def _curve(run: RunDir) -> pa.Table | None:
+    try:
+        return read_curve(run.curve)
+    except CurveDamage:
+        return None
 
 
 def _with_sweep(table: pa.Table, sweep: str) -> pa.Table:
@@ -65,8 +75,13 @@ def collect(specs: list[RunSpec], layout: Layout, sweep: SweepDir) -> dict[str, 
     """Write the sweep's runs.parquet and curves.parquet for these runs; returns the runs counted by status."""
     rows = [run_row(s, layout.run(s.run_id)) for s in specs]
     runs = pa.Table.from_pylist(rows).select(RUN_COLUMNS)
-    # A run is shared by every sweep that has it; its rows carry the sweep that collects them.
-    curves = [_with_sweep(read_curve(layout.run(s.run_id).curve), s.sweep) for s in specs]
+    # A run is shared by every sweep that has it; its rows carry the sweep that collects them. A damaged
+    # curve is left out whole (its run is `corrupt`); what a run still training or failed committed is in.
+    curves = [
+        _with_sweep(curve, s.sweep)
+        for s, row in zip(specs, rows)
+        if row["status"] != st.CORRUPT and (curve := _curve(layout.run(s.run_id))) is not None
+    ]
     write_parquet_atomic(runs, sweep.runs)
     write_parquet_atomic(pa.concat_tables(curves) if curves else curve_schema().empty_table(), sweep.curves)
     return dict(sorted(Counter(r["status"] for r in rows).items()))

@@ -26,7 +26,7 @@ from pathlib import Path
 from tasks import status as st
 from tasks.fit.scalars import fit_scalars
 from tasks.layout import Layout, RunDir, SweepDir
-from tasks.track.curves import read_curve
+from tasks.track.curves import CurveDamage, read_curve
 from tasks.track.mlflow_store import BATCH, available, mark_down, mlflow_client, send_metrics
 
 
@@ -120,7 +120,10 @@ def finish_child(uri: str, experiment_id: str | None, parent_id: str | None, spe
     all (then, or already before: the run folder's mlflow.json says what was sent where)."""
     if experiment_id is None or parent_id is None:
         return False
-    curve = read_curve(run.curve).to_pylist()
+    try:
+        curve = read_curve(run.curve).to_pylist()
+    except CurveDamage:  # never shown as it is: the run is `corrupt`, and trained again
+        return False
     state = {"status": status, "rows": len(curve), "last_timestamp_ms": curve[-1]["timestamp_ms"] if curve else None}
     key = f"{uri} experiment {experiment_id}"
     record = run.read_synced()

@@ -13,7 +13,10 @@ def finish(s: Session, o: Outcome) -> None:
         rows = s.curve.flush()
         if s.sender:
             s.sender.send(rows)
-        s.run.write_status(status=o.status, step=o.step, train_loss=o.train_loss, val_loss=o.val_loss, wall_s=o.wall_s)
+        rows = s.curve.read().num_rows  # what collect holds the committed curve to
+        s.run.write_status(
+            status=o.status, step=o.step, train_loss=o.train_loss, val_loss=o.val_loss, wall_s=o.wall_s, rows=rows
+        )
         print(f"{o.status}: step {o.step}, train_loss {o.train_loss:.4f}, val_loss {o.val_loss:.4f}", flush=True)
         if s.sender:  # bounded: what is still queued is in Parquet, and the flow re-sends the whole curve
             s.sender.close(timeout_s=10.0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from tasks import status as st
 from tasks.layout import RunDir
 from tasks.plan import RunSpec
+from tasks.track.curves import curve_damage
 
 ROOT = Path(__file__).resolve().parents[2]
 _live: dict[int, subprocess.Popen] = {}
@@ -115,9 +116,11 @@ def train_run(
     """Train one run to its end: skip it if finished, resume it if a checkpoint exists. One launcher at a
     time: another one's launch of the same run waits for it (`on_wait` hears of that), then skips."""
     with run.lock(on_wait) as lock_fd:
-        status = run.status()
-        if status in st.FINISHED:
-            return RunResult(spec.run_id, status, skipped=True, process_s=0.0)
+        status = run.read_status()
+        if status.get("status") in st.FINISHED:
+            if (why := curve_damage(run.curve, status.get("rows"))) is None:
+                return RunResult(spec.run_id, status["status"], skipped=True, process_s=0.0)
+            run.restart(f"{why}: training it again from the start")
         run.clear_status()
         run.write_spec(spec.to_dict())
         launch = {

@@ -4,6 +4,7 @@ import os
 import threading
 from contextlib import contextmanager
 
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import load_sweep
@@ -87,3 +88,21 @@ def test_a_damaged_newest_checkpoint_costs_only_the_steps_since_the_one_before(t
     assert (final["train_loss"], final["val_loss"]) == (expected["train_loss"], expected["val_loss"])
     steps = read_curve(run.curve).column("step").to_pylist()
     assert steps == read_curve(reference.curve).column("step").to_pylist()
+
+
+@pytest.mark.slow
+def test_a_finished_run_with_a_damaged_curve_trains_again(one_run):
+    spec, run, cache = one_run
+    first = train_run(spec, run, cache.dir, 1)
+    assert first.status == "completed" and not train_run(spec, run, cache.dir, 1).process_s  # skipped when whole
+    before = run.read_status()
+    part = sorted(run.curve.glob("part-*.parquet"))[-1]
+    lost = pq.read_table(part).num_rows
+    part.unlink()
+    again = train_run(spec, run, cache.dir, 1)
+    assert not again.skipped and again.status == "completed"
+    log = run.log.read_text()
+    assert f"restarted: the curve has {before['rows'] - lost} of the {before['rows']} rows its run logged" in log
+    assert log.count("rank(s) on") == 2
+    after = run.read_status()
+    assert after["rows"] == before["rows"] and after["train_loss"] == before["train_loss"]
