@@ -95,8 +95,8 @@ class CurveDamage(ValueError):
 
 ROWS_DIGEST = b"scaling.rows_sha256"
 """Each part's own record of its rows. Parquet's page checksums cover the pages' bytes but not their
-headers or the footer, where a flipped bit can still change a value unseen (2 in 43,360 one-bit flips of a
-part did); a digest of the decoded rows catches every change of a value."""
+headers or the footer, where a flipped bit can still change a value unseen (2 of the 43,360 one-bit flips
+of a part did); a digest of the decoded rows catches any change of a value."""
 
 
 def _rows_digest(table: pa.Table) -> str:
