@@ -15,12 +15,14 @@ that repeats (key, step, timestamp, value) exactly.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,29 @@ def mlflow_client(uri: str):
         os.environ.setdefault(key, default)
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and uri not in _schema_ready:
+        _create_schema(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+_schema_ready: set[str] = set()
+
+
+def _create_schema(uri: str) -> None:
+    """Open a SQLite store once under a lock beside it: a fresh store's first openers each try to create its
+    tables, and all but one fail (`table ... already exists`). Once created, opening it only reads."""
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(db.with_name(db.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 -- an outage like any other: the calls that follow meet it too
+        mark_down(uri, "creating the store", err)
+        return
+    _schema_ready.add(uri)
 
 
 def available(uri: str) -> bool:
