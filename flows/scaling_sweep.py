@@ -21,10 +21,11 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import steps
-from tasks.config import ConfigError
+from tasks.config import ConfigError, ResourcesConfig
 from tasks.data import DataError
 from tasks.layout import Layout
 from tasks.plan import threads_per_rank
+from tasks.status import FAILED
 from tasks.train.launch import install_stop_handlers
 
 
@@ -40,19 +41,19 @@ class SweepOutcome:
 
 
 @flow(name="train-grid")
-def train_grid(specs: list, layout, cache, tracking, threads: int, timeout_s: float | None) -> list:
+def train_grid(specs: list, layout, cache, tracking, threads: int, resources: ResourcesConfig) -> None:
     # Longest first, so that the last slot is not left running one long run alone.
     ordered = sorted(specs, key=lambda s: s.est_wall_s, reverse=True)
     progress = create_progress_artifact(0.0, description=f"0 of {len(specs)} runs")
-    futures = [steps.train_run.submit(s, layout, cache, tracking, threads, timeout_s) for s in ordered]
+    train = steps.train_run.with_options(retries=resources.retries, retry_delay_seconds=resources.retry_delay_s)
+    futures = [train.submit(s, layout, cache, tracking, threads, resources.timeout_s) for s in ordered]
     counts: dict[str, int] = {}
     for done, future in enumerate(as_completed(futures), start=1):
-        result = future.result()
-        label = "skipped" if result.skipped else result.status
+        result = future.result(raise_on_failure=False)  # a run failed past its retries: collect reports it
+        label = FAILED if isinstance(result, BaseException) else "skipped" if result.skipped else result.status
         counts[label] = counts.get(label, 0) + 1
         so_far = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
         update_progress_artifact(progress, 100.0 * done / len(specs), f"{done} of {len(specs)} runs: {so_far}")
-    return [f.result() for f in futures]
 
 
 @flow(
@@ -78,7 +79,7 @@ def scaling_sweep(
 
     runner = ThreadPoolTaskRunner(max_workers=cfg.resources.concurrency)
     train_grid.with_options(task_runner=runner)(
-        plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources.timeout_s
+        plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources
     )
 
     sweep_dir, counts = steps.collect_tables(plan, layout)

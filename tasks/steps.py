@@ -55,6 +55,10 @@ def open_tracking(cfg: SweepConfig, layout: Layout, sweep_file: Path) -> Trackin
     return tracking
 
 
+class RunFailed(RuntimeError):
+    """A training process that crashed, was killed or ran out of time: the task's retries resume it."""
+
+
 @task(cache_policy=NO_CACHE, task_run_name="train-{spec.name}")
 def train_run(
     spec: plan.RunSpec, layout: Layout, cache: TokenCache, tracking: Tracking, threads: int, timeout_s: float | None
@@ -81,6 +85,8 @@ def train_run(
         return result
     log = logger.warning if result.status != st.COMPLETED else logger.info
     log("%s: %s in %.0f s %s", spec.name, result.status, result.process_s, result.message)
+    if result.status == st.FAILED and not launch.stopping():
+        raise RunFailed(f"{spec.name}: {result.message}")  # Prefect retries it (resources.retries)
     return result
 
 

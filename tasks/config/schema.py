@@ -142,6 +142,10 @@ class ResourcesConfig(_Strict):
     """Per-run launch cost added to time estimates (process start, imports, DeepSpeed init: ~8 s on a CPU)."""
     timeout_s: PositiveFloat | None = None
     """Wall-clock limit of one run's training process; past it the run is stopped and marked failed."""
+    retries: Annotated[int, Field(ge=0)] = 2
+    """Times a failed run (a crash, a kill, timeout_s) is tried again in the same invocation, resuming from its
+    last checkpoint; a diverged run never is."""
+    retry_delay_s: Annotated[float, Field(ge=0)] = 10.0
 
 
 class TrainConfig(_Strict):

@@ -26,6 +26,7 @@ from tasks.track.curves import curve_damage
 ROOT = Path(__file__).resolve().parents[2]
 _live: dict[int, subprocess.Popen] = {}
 _live_lock = threading.Lock()
+_stopping = threading.Event()  # set by stop_all: the sweep is being cancelled, and nothing is retried
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RunResult:
 
 def stop_all(signum=None, frame=None) -> None:
     """End every live training process group (on cancellation, SIGTERM or interpreter exit)."""
+    _stopping.set()
     with _live_lock:
         procs = list(_live.values())
     for p in procs:
@@ -56,6 +58,11 @@ def stop_all(signum=None, frame=None) -> None:
             os.killpg(p.pid, signal.SIGKILL)
     if signum is not None:
         raise SystemExit(128 + signum)
+
+
+def stopping() -> bool:
+    """Whether this process is ending its training groups (a failed run then is not worth a retry)."""
+    return _stopping.is_set()
 
 
 def install_stop_handlers() -> None:

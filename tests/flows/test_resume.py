@@ -38,8 +38,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_e
     )
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("scaling")
+    # No retries: this invocation ends with the run failed, and the next one resumes it.
     proc = subprocess.Popen(
-        [str(exe), "run", str(sweep), "--output", str(out)],
+        [str(exe), "run", str(sweep), "--output", str(out), "--set", "resources.retries=0"],
         cwd=ROOT,
         env={**os.environ, **prefect_env},
         stdout=subprocess.PIPE,
@@ -103,3 +104,36 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_e
     assert list(ref.step) == list(curves.step)
     assert (ref.train_loss.values == curves.train_loss.values).all()
     assert ref.val_loss.equals(curves.val_loss)
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_retried_in_the_same_invocation_and_a_diverged_one_is_not(tmp_path, prefect_env):
+    sweep = tiny_sweep(
+        tmp_path, sizes="[t2]", multipliers="[2.0]", lrs="[3.0e-3, 1.0e+30]", checkpoint_interval=10, concurrency=1
+    )
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("scaling")
+    proc = subprocess.Popen(
+        [str(exe), "run", str(sweep), "--output", str(out), "--set", "resources.retry_delay_s=1"],
+        cwd=ROOT,
+        env={**os.environ, **prefect_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 300
+    while max(completed_checkpoints(out), default=0) < 20:
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 20 in time"
+        time.sleep(0.2)
+    pids = trainer_pids()
+    assert len(pids) == 1
+    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # the fault: the training process group dies
+    output = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, output[-3000:]
+
+    runs = pq.read_table(out / "sweeps" / "tiny" / "runs.parquet").to_pandas().set_index("lr")
+    assert runs.status[3e-3] == "completed" and runs.status[1e30] == "diverged"
+    logs = {lr: (out / "runs" / runs.run_id[lr] / "train.log").read_text() for lr in (3e-3, 1e30)}
+    assert logs[3e-3].count("rank(s) on") == 2 and "resumed from step" in logs[3e-3]  # retried, resumed
+    assert logs[1e30].count("rank(s) on") == 1  # diverged: never retried
+    steps = pq.read_table(out / "sweeps" / "tiny" / "curves.parquet").to_pandas()
+    assert not steps.duplicated(["run_id", "step"]).any()
