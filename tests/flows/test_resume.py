@@ -31,29 +31,35 @@ def completed_checkpoints(out: Path) -> list[int]:
     return [int(p.parent.name[4:]) for p in out.glob("runs/*/ckpt/step*/COMPLETE")]
 
 
+def run_and_kill_at(sweep: Path, out: Path, step: int, env: dict, *flags: str) -> subprocess.CompletedProcess:
+    """`scaling run` with the training process group SIGKILLed once a checkpoint at `step` is complete."""
+    exe = Path(sys.executable).with_name("scaling")
+    proc = subprocess.Popen(
+        [str(exe), "run", str(sweep), "--output", str(out), *flags],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 300
+    while max(completed_checkpoints(out), default=0) < step:
+        assert proc.poll() is None and time.time() < deadline, f"no checkpoint at step {step} in time"
+        time.sleep(0.2)
+    pids = trainer_pids()
+    assert len(pids) == 1
+    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # the fault: the training process group dies
+    output = proc.communicate(timeout=600)[0].decode()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, output)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_env):
     sweep = tiny_sweep(
         tmp_path, sizes="[t2]", multipliers="[2.0]", checkpoint_interval=10, eval_interval=10, concurrency=1
     )
     out = tmp_path / "out"
-    exe = Path(sys.executable).with_name("scaling")
     # No retries: this invocation ends with the run failed, and the next one resumes it.
-    proc = subprocess.Popen(
-        [str(exe), "run", str(sweep), "--output", str(out), "--set", "resources.retries=0"],
-        cwd=ROOT,
-        env={**os.environ, **prefect_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 300
-    while max(completed_checkpoints(out), default=0) < 30:
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 30 in time"
-        time.sleep(0.2)
-    pids = trainer_pids()
-    assert len(pids) == 1
-    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)
-    proc.communicate(timeout=300)
+    run_and_kill_at(sweep, out, 30, prefect_env, "--set", "resources.retries=0")
 
     sweep_dir = out / "sweeps" / "tiny"
     runs = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
@@ -112,23 +118,8 @@ def test_a_killed_run_is_retried_in_the_same_invocation_and_a_diverged_one_is_no
         tmp_path, sizes="[t2]", multipliers="[2.0]", lrs="[3.0e-3, 1.0e+30]", checkpoint_interval=10, concurrency=1
     )
     out = tmp_path / "out"
-    exe = Path(sys.executable).with_name("scaling")
-    proc = subprocess.Popen(
-        [str(exe), "run", str(sweep), "--output", str(out), "--set", "resources.retry_delay_s=1"],
-        cwd=ROOT,
-        env={**os.environ, **prefect_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 300
-    while max(completed_checkpoints(out), default=0) < 20:
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 20 in time"
-        time.sleep(0.2)
-    pids = trainer_pids()
-    assert len(pids) == 1
-    os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # the fault: the training process group dies
-    output = proc.communicate(timeout=600)[0].decode()
-    assert proc.returncode == 0, output[-3000:]
+    done = run_and_kill_at(sweep, out, 20, prefect_env, "--set", "resources.retry_delay_s=1")
+    assert done.returncode == 0, done.stdout[-3000:]
 
     runs = pq.read_table(out / "sweeps" / "tiny" / "runs.parquet").to_pandas().set_index("lr")
     assert runs.status[3e-3] == "completed" and runs.status[1e30] == "diverged"
