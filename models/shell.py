@@ -11,6 +11,7 @@ Dimensions in shape comments: B batch, T time, D d_model, V padded vocabulary.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -22,7 +23,7 @@ VOCAB_MULTIPLE = 8
 tensor-core shapes (mamba_ssm's config_mamba.py pad_vocab_size_multiple, safari's likewise)."""
 
 
-class ShellConfig:
+class ShellConfig(ABC):
     """Mixin for an architecture's frozen config dataclass; it adds no fields."""
 
     vocab_size: int
@@ -39,8 +40,9 @@ class ShellConfig:
     def padded_vocab(self) -> int:
         return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
+    @abstractmethod
     def n_params_nonembed(self) -> int:
-        raise NotImplementedError
+        """Parameters without the token embedding (and position tables): what each architecture counts."""
 
     def _n_position_params(self) -> int:
         """Parameters indexed by position (learned position tables), which `n_params_nonembed`
@@ -55,7 +57,7 @@ class ShellConfig:
         return asdict(self)
 
 
-class TiedLM(nn.Module):
+class TiedLM(nn.Module, ABC):
     """Token embedding (V, D), the architecture's blocks, a final norm and an LM head that shares
     the embedding's matrix: tokens (B, T) -> logits (B, T, V).
 
@@ -89,8 +91,9 @@ class TiedLM(nn.Module):
         self.lm_head.weight = self.embed.weight  # (re)tie: to_empty allocates the two separately
         self._init_parameters()
 
+    @abstractmethod
     def _init_parameters(self) -> None:
-        raise NotImplementedError
+        """The architecture's own initialisation of every parameter, the tied embedding included."""
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the optimizer must not decay beyond the trainer's own rule (which
