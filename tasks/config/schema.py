@@ -1,16 +1,197 @@
-"""The sweep's typed fields: `SweepConfig` and its sections, each checked where it is declared."""
+"""The sweep's typed fields: `SweepConfig` and its sections, each field checked where it is declared.
+
+The rules across fields (a batch that divides into ranks, sizes in the ladder) are plain functions over
+validated values, so that `load_sweep` can run every one of them even when other fields are invalid
+(`partial_fields`, `cross_field_problems`) and list all problems at once; each model also applies its own
+rules, so a config constructed directly is valid or rejected, as before.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from models.ladders import ARCH_NAMES, LADDERS
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]
+"""A field's path (`("train", "micro_batch_size")`, `("sizes", 1)`) and what is wrong with it."""
+
+
+def field_path(loc: Loc) -> str:
+    """`train.micro_batch_size`, `ladder[0].n_head`: the path as the sweep file writes it."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+
+
+def problem_line(loc: Loc, msg: str) -> str:
+    path = field_path(loc)
+    # A message may open with its field as the subject ("fit.reference_arch 'rwkv' is not ..."): don't repeat it.
+    return msg if msg.startswith(path + " ") else f"{path}: {msg}"
+
+
+def _reject(problems: list[Problem]) -> None:
+    """Raise every problem as one error of type cross_field, which load_sweep knows it re-derives itself."""
+    if problems:
+        text = "; ".join(problem_line(loc, msg) for loc, msg in problems)
+        raise PydanticCustomError("cross_field", "{problems}", {"problems": text})
+
+
+def _some(numbers: list[int], limit: int = 12) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (", ..." if len(numbers) > limit else "")
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def derived_defaults(cls, data: dict) -> dict:
+        """Defaults that depend on another field; validation and `partial_fields` both apply them."""
+        return data
+
+
+# The cross-field rules. Each reads validated values (a section's or the sweep's, as dicts) and returns its
+# problems; `partial_fields` leaves an invalid field out, so a rule that reads one raises KeyError and is
+# skipped: that field has its own error, and the rule could only guess.
+
+Rule = Callable[[dict], Iterable[Problem]]
+
+
+def _tokenizer_fits_source(d: dict) -> list[Problem]:
+    tok, hg38 = d["tokenizer"], d["source"] == "hg38"
+    if hg38 and tok != "char":
+        why = "hg38 is read as single-nucleotide characters (A, C, G, T, N); leave data.tokenizer unset or 'char'"
+        return [(("tokenizer",), f"{tok!r} does not fit: {why}")]
+    if not hg38 and tok == "char":
+        why = "is the tokenizer of data.source hg38 only; use 'bytes', 'bpe:<vocab>' or a tokenizer.json"
+        return [(("tokenizer",), f"'char' {why}")]
+    return []
+
+
+def _hg38_files(d: dict) -> list[Problem]:
+    if d["source"] == "hg38":
+        return []
+    return [
+        ((k,), f"belongs to data.source hg38, not {d['source']!r}; remove it") for k in ("fasta", "bed") if d.get(k)
+    ]
+
+
+def _heads_divide(s: dict) -> list[Problem]:
+    d_model, n_head = s["d_model"], s["n_head"]
+    if d_model % n_head == 0:
+        return []
+    return [(("n_head",), f"d_model {d_model} is not divisible by n_head {n_head}; valid: {_some(_divisors(d_model))}")]
+
+
+def _one_lr(lr: dict) -> list[Problem]:
+    if (lr["values"] is None) != (lr["scale"] is None):
+        return []
+    return [((), "give exactly one of lr.values (e.g. [1e-3, 3e-3]) or lr.scale (e.g. [1, 5])")]
+
+
+def _ladder_sizes(v: dict) -> list[dict]:
+    return LADDERS[v["ladder"]] if isinstance(v["ladder"], str) else v["ladder"]
+
+
+def _sizes_in_ladder(v: dict) -> list[Problem]:
+    names = [s["name"] for s in _ladder_sizes(v)]
+    ladder = f"ladder {v['ladder']!r}" if isinstance(v["ladder"], str) else "ladder"
+    return [
+        (("sizes", i), f"{s!r} is not in the {ladder}; valid: {', '.join(names)}")
+        for i, s in enumerate(v["sizes"] or [])
+        if s not in names
+    ]
+
+
+def _scale_has_reference(v: dict) -> list[Problem]:
+    if v["lr"]["scale"] is None:
+        return []
+    why = "lr.scale needs a reference lr on every size; give this size an lr, or use lr.values"
+    return [(("ladder", i, "lr"), why) for i, s in enumerate(_ladder_sizes(v)) if s["lr"] is None]
+
+
+def _reference_arch(v: dict) -> list[Problem]:
+    ref = v["fit"]["reference_arch"]
+    if ref is None or ref in v["architectures"]:
+        return []
+    archs = ", ".join(v["architectures"])
+    return [
+        (("fit", "reference_arch"), f"fit.reference_arch {ref!r} is not one of the sweep's architectures ({archs})")
+    ]
+
+
+def _token_budget(v: dict) -> list[Problem]:
+    t = v["tokens"]
+    if t["counts"] is None and t["per_param"] is None:
+        return [(("tokens",), "give per_param (with multipliers) or counts")]
+    return []
+
+
+def _rank_batch(v: dict) -> tuple[int, int]:
+    """data.seq_len x resources.ranks_per_run (one sequence on every rank), and train.batch_tokens, its multiple."""
+    return v["data"]["seq_len"] * v["resources"]["ranks_per_run"], v["train"]["batch_tokens"]
+
+
+def _batch_tokens(v: dict) -> list[Problem]:
+    unit, tokens = _rank_batch(v)
+    if tokens % unit == 0:
+        return []
+    near = [m for m in (tokens // unit * unit, (tokens // unit + 1) * unit) if m > 0]
+    why = f"must be a multiple of data.seq_len x resources.ranks_per_run = {unit}, e.g. {' or '.join(map(str, near))}"
+    return [(("train", "batch_tokens"), f"{tokens} {why}")]
+
+
+def _micro_batch(v: dict) -> list[Problem]:
+    unit, tokens = _rank_batch(v)
+    mb = v["train"]["micro_batch_size"]
+    if tokens % unit or mb is None or (tokens // unit) % mb == 0:  # no per-rank batch to divide: _batch_tokens says
+        return []
+    per_rank = tokens // unit
+    why = f"must divide the per-rank batch of {per_rank} sequences; valid: {_some(_divisors(per_rank))}"
+    return [(("train", "micro_batch_size"), f"{mb} {why}")]
+
+
+_DATA_RULES: tuple[Rule, ...] = (_tokenizer_fits_source, _hg38_files)
+_SIZE_RULES: tuple[Rule, ...] = (_heads_divide,)
+_LR_RULES: tuple[Rule, ...] = (_one_lr,)
+_SWEEP_RULES: tuple[Rule, ...] = (
+    _sizes_in_ladder,
+    _scale_has_reference,
+    _reference_arch,
+    _token_budget,
+    _batch_tokens,
+    _micro_batch,
+)
+
+
+def _apply(rules: Iterable[Rule], values: dict, prefix: Loc = ()) -> list[Problem]:
+    problems = []
+    for rule in rules:
+        try:
+            problems += [(prefix + loc, msg) for loc, msg in rule(values)]
+        except KeyError:  # it reads a field that is invalid, so left out: that field's own error is reported
+            continue
+    return problems
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -48,25 +229,20 @@ class DataConfig(_Strict):
     workers: PositiveInt | None = None
     """Tokenizing processes (default: the machine's cores, or one for a corpus under 32 MiB)."""
 
-    @model_validator(mode="before")
     @classmethod
-    def _hg38_tokenizer_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("source") == "hg38" and "tokenizer" not in data:
+    def derived_defaults(cls, data: dict) -> dict:
+        if data.get("source") == "hg38" and "tokenizer" not in data:
             return {**data, "tokenizer": "char"}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hg38_tokenizer_default(cls, data: Any) -> Any:
+        return cls.derived_defaults(data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
-    def _fits_source(self):
-        if self.source == "hg38" and self.tokenizer != "char":
-            raise ValueError(
-                f"data.tokenizer {self.tokenizer!r}: hg38 is read as single-nucleotide characters (A, C, G, T, N); "
-                "leave data.tokenizer unset or set it to 'char'"
-            )
-        if self.source != "hg38":
-            if self.tokenizer == "char":
-                raise ValueError("data.tokenizer 'char' is the tokenizer of data.source hg38 only")
-            if self.fasta or self.bed:
-                raise ValueError("data.fasta and data.bed belong to data.source hg38")
+    def _cross_field(self):
+        _reject(_apply(_DATA_RULES, self.model_dump(), ("data",)))
         return self
 
 
@@ -79,9 +255,8 @@ class SizeConfig(_Strict):
     """The size's reference (GPT-3 recipe) peak learning rate, used by `lr.scale`."""
 
     @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+    def _cross_field(self):
+        _reject(_apply(_SIZE_RULES, self.model_dump()))
         return self
 
 
@@ -100,24 +275,26 @@ class LRConfig(_Strict):
     """Multiples of each size's reference LR (5 = the Mamba paper's improved recipe)."""
 
     @model_validator(mode="after")
-    def _one_of(self):
-        if (self.values is None) == (self.scale is None):
-            raise ValueError("give exactly one of lr.values (e.g. [1e-3, 3e-3]) or lr.scale (e.g. [1, 5])")
+    def _cross_field(self):
+        _reject(_apply(_LR_RULES, self.model_dump(), ("lr",)))
         return self
 
 
+# Checks of one field are Annotated validators, not decorated ones: `partial_fields` validates a field on its
+# own, from its annotation, and a decorated validator would not come with it.
+
+
+def _betas_in_range(v: tuple[float, float]) -> tuple[float, float]:
+    if not all(0 <= b < 1 for b in v):
+        raise ValueError("betas must lie in [0, 1), e.g. [0.9, 0.95]")
+    return v
+
+
 class OptimizerConfig(_Strict):
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: Annotated[tuple[float, float], AfterValidator(_betas_in_range)] = (0.9, 0.95)
     eps: PositiveFloat = 1e-8
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     grad_clip: PositiveFloat = 1.0
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v):
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError("betas must lie in [0, 1), e.g. [0.9, 0.95]")
-        return v
 
 
 class ScheduleConfig(_Strict):
@@ -166,12 +343,24 @@ class OutlierConfig(_Strict):
     """Per architecture, leave out the k completed runs with the highest val_loss (listed in fits.json)."""
 
 
+def _within_grid(v: int | str) -> int | str:
+    if isinstance(v, int) and v > 4500:
+        raise ValueError("Chinchilla's start grid has 4500 points; give at most 4500, or 'full'")
+    return v
+
+
+def _enough_resamples(v: int) -> int:
+    if 0 < v < 20:
+        raise ValueError("a 95% interval needs at least 20 resamples (200 or more is usual); 0 turns intervals off")
+    return v
+
+
 class FitConfig(_Strict):
     budgets: list[PositiveFloat] = Field(default=[1e18, 1e19, 1e20, 1e21], min_length=1)
     """Compute budgets (FLOPs) at which the fits predict N_opt, D_opt, tokens per parameter and loss."""
-    starts: PositiveInt | Literal["full"] = "full"
+    starts: Annotated[PositiveInt | Literal["full"], AfterValidator(_within_grid)] = "full"
     """L-BFGS starting points for L(N, D): 'full' (= 4500) is Chinchilla's grid; fewer are drawn from it."""
-    bootstrap: Annotated[int, Field(ge=0)] = 200
+    bootstrap: Annotated[int, Field(ge=0), AfterValidator(_enough_resamples)] = 200
     """Bootstrap resamples behind every 95% interval; 0 for no intervals."""
     seed: int = 0
     """Seed of the bootstrap's draws: the same table, options and seed give the same fits.json."""
@@ -181,26 +370,41 @@ class FitConfig(_Strict):
     reference_arch: str | None = None
     """Architecture the compute multipliers are against (default: transformer++ if present, else the first)."""
 
-    @field_validator("starts")
-    @classmethod
-    def _within_grid(cls, v):
-        if isinstance(v, int) and v > 4500:
-            raise ValueError("Chinchilla's start grid has 4500 points; give at most 4500, or 'full'")
-        return v
 
-    @field_validator("bootstrap")
-    @classmethod
-    def _enough_resamples(cls, v):
-        if 0 < v < 20:
-            raise ValueError("a 95% interval needs at least 20 resamples (200 or more is usual); 0 turns intervals off")
-        return v
+def _known_arch(a: str) -> str:
+    if a not in ARCH_NAMES:
+        raise ValueError(f"unknown architecture {a!r}; valid: {', '.join(sorted(ARCH_NAMES))}")
+    return a
+
+
+def _known_ladder(v: str) -> str:
+    if v not in LADDERS:
+        raise ValueError(f"unknown ladder {v!r}; valid: {', '.join(sorted(LADDERS))} or a list of sizes")
+    return v
+
+
+def _ladder_kind(v: Any) -> str | None:
+    if isinstance(v, str):
+        return "name"
+    return "sizes" if isinstance(v, list) else None
+
+
+# Tagged, so a bad list of sizes reports only the list's errors, not also "should be a valid string".
+Ladder = Annotated[
+    Annotated[str, AfterValidator(_known_ladder), Tag("name")] | Annotated[list[SizeConfig], Tag("sizes")],
+    Discriminator(
+        _ladder_kind,
+        custom_error_type="ladder",
+        custom_error_message=f"give a ladder's name ({', '.join(sorted(LADDERS))}) or a list of sizes",
+    ),
+]
 
 
 class SweepConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     data: DataConfig = DataConfig()
-    architectures: list[str] = Field(min_length=1)
-    ladder: str | list[SizeConfig] = "tiny"
+    architectures: list[Annotated[str, AfterValidator(_known_arch)]] = Field(min_length=1)
+    ladder: Ladder = "tiny"
     sizes: list[str] | None = None
     """Names of ladder sizes to train (default: all)."""
     tokens: TokensConfig = TokensConfig()
@@ -212,50 +416,56 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     fit: FitConfig = FitConfig()
 
-    @field_validator("architectures")
-    @classmethod
-    def _known_arch(cls, v):
-        for a in v:
-            if a not in ARCH_NAMES:
-                raise ValueError(f"unknown architecture {a!r}; valid: {', '.join(sorted(ARCH_NAMES))}")
-        return v
-
-    @field_validator("ladder")
-    @classmethod
-    def _known_ladder(cls, v):
-        if isinstance(v, str) and v not in LADDERS:
-            raise ValueError(f"unknown ladder {v!r}; valid: {', '.join(sorted(LADDERS))} or a list of sizes")
-        return v
-
     @model_validator(mode="after")
-    def _consistent(self):
-        names = [s.name for s in self.size_ladder()]
-        for s in self.sizes or []:
-            if s not in names:
-                raise ValueError(f"sizes: {s!r} is not in the ladder; valid: {', '.join(names)}")
-        if self.lr.scale is not None:
-            for s in self.size_ladder():
-                if s.lr is None:
-                    raise ValueError(f"lr.scale needs a reference lr on every size; size {s.name!r} has none")
-        ref = self.fit.reference_arch
-        if ref is not None and ref not in self.architectures:
-            archs = ", ".join(self.architectures)
-            raise ValueError(f"fit.reference_arch {ref!r} is not one of the sweep's architectures ({archs})")
-        if self.tokens.counts is None and self.tokens.per_param is None:
-            raise ValueError("tokens: give per_param (with multipliers) or counts")
-        seqs = self.train.batch_tokens / self.data.seq_len
-        if seqs != int(seqs) or int(seqs) % self.resources.ranks_per_run:
-            raise ValueError(
-                f"train.batch_tokens {self.train.batch_tokens} must be a multiple of data.seq_len x "
-                f"resources.ranks_per_run = {self.data.seq_len * self.resources.ranks_per_run}"
-            )
-        per_rank = int(seqs) // self.resources.ranks_per_run
-        mb = self.train.micro_batch_size
-        if mb is not None and per_rank % mb:
-            raise ValueError(f"train.micro_batch_size {mb} must divide the per-rank batch of {per_rank} sequences")
+    def _cross_field(self):
+        _reject(_apply(_SWEEP_RULES, self.model_dump()))  # the sections' own rules have run in their models
         return self
 
     def size_ladder(self) -> list[SizeConfig]:
         if isinstance(self.ladder, str):
             return [SizeConfig(**s) for s in LADDERS[self.ladder]]
         return list(self.ladder)
+
+
+def cross_field_problems(values: dict) -> list[Problem]:
+    """Every cross-field rule of a sweep over its valid fields (`partial_fields`), sections' rules included."""
+    problems = _apply(_DATA_RULES, values.get("data", {}), ("data",)) + _apply(_LR_RULES, values.get("lr", {}), ("lr",))
+    if isinstance(values.get("ladder"), list):
+        for i, size in enumerate(values["ladder"]):
+            problems += _apply(_SIZE_RULES, size, ("ladder", i))
+    return problems + _apply(_SWEEP_RULES, values)
+
+
+@functools.cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
+    field = model.model_fields[name]
+    return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+
+
+def section_model(model: type[BaseModel], name: str) -> type[_Strict] | None:
+    annotation = model.model_fields[name].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, _Strict) else None
+
+
+def partial_fields(model: type[_Strict], raw: Any) -> dict[str, Any]:
+    """`raw`'s fields validated one by one, defaults for those absent, the invalid ones left out: the values the
+    cross-field rules read when the model as a whole is invalid. Sections and an inline ladder's sizes recurse,
+    so one bad field leaves out only itself."""
+    if not isinstance(raw, dict):
+        return {}
+    raw = model.derived_defaults(raw)
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name not in raw and field.is_required():
+            continue
+        value = raw[name] if name in raw else field.get_default(call_default_factory=True)
+        if (section := section_model(model, name)) is not None:
+            out[name] = partial_fields(section, raw.get(name, {}))
+        elif model is SweepConfig and name == "ladder" and isinstance(value, list):
+            out[name] = [partial_fields(SizeConfig, s) for s in value]
+        else:
+            try:
+                out[name] = _field_adapter(model, name).validate_python(value)
+            except ValidationError:
+                continue
+    return out
