@@ -105,7 +105,7 @@ def unpickling_findings(source: str, path: str = "<snippet>") -> list[str]:
 # Rule 3, command lines. Quotes, commas and brackets become spaces, so a Python argv list
 # (["prefect", "server", "start", "--host", "127.0.0.1"]) reads like the shell command it runs.
 SERVER_COMMANDS = re.compile(
-    r"\bprefect server start\b|\bmlflow (server|ui)\b|\bray start\b|\buvicorn\s|-m http\.server\b"
+    r"\bprefect server start\b|\bmlflow (server|ui)\b|\bray start\b|\buvicorn\s+[\w.]+:\w+|-m http\.server\b"
     r"|(^|[\s/])(postgres|pg_ctl|slurmctld|slurmd)(\s|$)"
 )
 # The flag each of those takes for its address; a command with none of them gets the tool's default
