@@ -74,18 +74,21 @@ def scaling_sweep(
         sweep_file, cfg, plan = steps.read_sweep(sweep, overrides, layout)
     except (ConfigError, DataError) as err:  # bad input: the run fails with its message, nothing computed
         return Failed(message=str(err), data=err)
-    cache = steps.prepare_tokens(cfg, layout)
-    tracking = steps.open_tracking(cfg, layout, sweep_file)
+    # Earlier flow runs of this sweep whose process was killed are set Crashed first; this one is recorded
+    # in the sweep's folder while it lives (and, started by a worker, ends with its worker).
+    with steps.flow_run_recorded(layout.sweep(plan.sweep)):
+        cache = steps.prepare_tokens(cfg, layout)
+        tracking = steps.open_tracking(cfg, layout, sweep_file)
 
-    runner = ThreadPoolTaskRunner(max_workers=cfg.resources.concurrency)
-    train_grid.with_options(task_runner=runner)(
-        plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources
-    )
+        runner = ThreadPoolTaskRunner(max_workers=cfg.resources.concurrency)
+        train_grid.with_options(task_runner=runner)(
+            plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources
+        )
 
-    sweep_dir, counts = steps.collect_tables(plan, layout)
-    tracking = steps.sync_tracking(plan, cfg, layout, tracking, sweep_file)
-    steps.fit_laws(sweep_dir, cfg)
-    report = steps.render_report(sweep_dir, cfg)
-    steps.publish(report, tracking, sweep_dir, sweep_file)
+        sweep_dir, counts = steps.collect_tables(plan, layout)
+        tracking = steps.sync_tracking(plan, cfg, layout, tracking, sweep_file)
+        steps.fit_laws(sweep_dir, cfg)
+        report = steps.render_report(sweep_dir, cfg)
+        steps.publish(report, tracking, sweep_dir, sweep_file)
     print(f"report: {report['html']}")
     return SweepOutcome(sweep_dir.path, {k: report[k] for k in ("html", "md", "pdf")}, counts)
