@@ -15,7 +15,7 @@ from reports.names import APPROACH_NAMES, LOSS_VS_COMPUTE_NAME, PARAMETRIC_NAME
 from reports.numbers import MISSING, fmt, fmt_interval
 from tasks.fit.entries import COMPUTE_MULTIPLIER, HELD_OUT, LAW, LEARNING_RATE, LOSS_VS_COMPUTE, OK, PARAMETRIC
 
-NOTE_CHARS = 80  # a failed run's message is cut to this in the runs table; train.log has the rest
+NOTE_CHARS = 80  # a run's message and events are cut to this in the runs table; train.log has the rest
 
 
 class Table(NamedTuple):
@@ -40,6 +40,7 @@ def runs_table(runs: pd.DataFrame) -> Table:
         "val_loss": "val loss",
         "flops": "FLOPs",
         "wall_s": "wall (s)",
+        "events": "events",
         "message": "note",
     }
     if "sweep" not in runs or runs["sweep"].nunique() < 2:
@@ -55,7 +56,7 @@ def runs_table(runs: pd.DataFrame) -> Table:
                 value = run.get("run_id")
             elif col == "ratio":
                 value = run["tokens"] / run["n_params"]
-            elif col == "message":
+            elif col in ("message", "events"):
                 value = str(value or "")[:NOTE_CHARS]
             row.append(fmt(value, 4 if col.endswith("loss") else 3))
         rows.append(row)

@@ -2,8 +2,10 @@
 owner of every folder and file name in it.
 
     <output>/data/tokens-<key>/     token caches (shared by sweeps on the same data; tasks.data.cache)
-    <output>/runs/<run_id>/         one run: RunDir (spec, launch, status, timing, curve, checkpoints, log)
-    <output>/sweeps/<name>/         SweepDir (runs.parquet, curves.parquet, fits.json, sweep.yaml, report/)
+    <output>/runs/<run_id>/         one run: RunDir (spec, launch, status, timing, curve, events, checkpoints, log)
+    <output>/sweeps/<name>/         SweepDir (runs.parquet, curves.parquet, events.parquet, fits.json,
+                                    sweep.yaml, report/, flow-runs/<flow run id>.json while a flow run
+                                    of the sweep is live)
     <output>/comparisons/<a>+<b>/   a report of several sweeps
     <output>/mlflow.db, mlartifacts/  the default MLflow tracking store
 """
@@ -75,6 +77,8 @@ class RunDir:
     """Process time summed over the run's invocations, and the last one's message."""
     curve = property(lambda self: self.path / "curve")
     """Parquet parts of the run's curve (tasks.track.curves)."""
+    events = property(lambda self: self.path / "events")
+    """Parquet parts of the run's events (tasks.track.events), committed with the curve."""
     ckpt = property(lambda self: self.path / "ckpt")
     log = property(lambda self: self.path / "train.log")
     synced = property(lambda self: self.path / "mlflow.json")
@@ -125,10 +129,10 @@ class RunDir:
         self.status_file.unlink(missing_ok=True)
 
     def restart(self, why: str) -> None:
-        """Drop what the run trained (status, curve, checkpoints) so that it trains from step 0; the log
-        keeps why."""
+        """Drop what the run trained (status, curve, events, checkpoints) so that it trains from step 0; the
+        log keeps why."""
         self.clear_status()
-        for folder in (self.curve, self.ckpt):
+        for folder in (self.curve, self.events, self.ckpt):
             shutil.rmtree(folder, ignore_errors=True)
         with open(self.log, "a") as log:
             log.write(f"restarted: {why}\n")
@@ -171,12 +175,33 @@ class SweepDir:
 
     runs = property(lambda self: self.path / "runs.parquet")
     curves = property(lambda self: self.path / "curves.parquet")
+    events = property(lambda self: self.path / "events.parquet")
+    """Every run's events (tasks.track.events), one row an event."""
     fits = property(lambda self: self.path / SweepDir.FITS)
     config = property(lambda self: self.path / "sweep.yaml")
     """The sweep as it ran, overrides applied."""
     report = property(lambda self: self.path / "report")
     recorded = property(lambda self: (self.runs, self.curves, self.fits))
     """What a report needs; the sweep's config is optional."""
+    flow_runs = property(lambda self: self.path / "flow-runs")
+    """One record (tasks.flow_runs) per flow run of the sweep that has not ended, or whose process ended without
+    saying so (SIGKILLed): the next invocation sets those Crashed."""
+
+    def write_flow_run(self, record: dict) -> None:
+        write_atomic(self.flow_runs / f"{record['flow_run_id']}.json", json.dumps(record, indent=1))
+
+    def read_flow_runs(self) -> list[dict]:
+        """The recorded flow runs, oldest first (an unreadable record is left out)."""
+        records = []
+        for path in self.flow_runs.glob("*.json"):
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sorted(records, key=lambda r: r.get("started_at", 0))
+
+    def drop_flow_run(self, flow_run_id: str) -> None:
+        (self.flow_runs / f"{flow_run_id}.json").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

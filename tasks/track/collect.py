@@ -1,4 +1,5 @@
-"""Collect: the sweep's runs.parquet (one row a run) and curves.parquet (one row a logged step).
+"""Collect: the sweep's runs.parquet (one row a run), curves.parquet (one row a logged step) and
+events.parquet (one row an event: tasks.track.events).
 
 Reads only what the runs wrote (status, timing, curve parts: tasks.layout.RunDir), so it can be re-run alone.
 """
@@ -13,6 +14,7 @@ from tasks import status as st
 from tasks.layout import Layout, RunDir, SweepDir
 from tasks.plan import RunSpec
 from tasks.track.curves import CurveDamage, curve_damage, curve_schema, read_curve, write_parquet_atomic
+from tasks.track.events import event_damage, event_schema, read_events, summary
 
 RUN_COLUMNS = [
     "sweep",
@@ -38,13 +40,16 @@ RUN_COLUMNS = [
     "process_s",
     "status",
     "message",
+    "skipped_updates",
+    "loss_spikes",
+    "events",
 ]
 
 
 def run_row(spec: RunSpec, run: RunDir) -> dict:
     status, timing = run.read_status(), run.read_timing()
     message = timing.get("message", "")
-    if status.get("status") in st.FINISHED and (why := curve_damage(run.curve, status.get("rows"))):
+    if status.get("status") in st.FINISHED and (why := run_damage(run, status.get("rows"))):
         status, message = {**status, "status": st.CORRUPT}, f"{why}; the next invocation trains it again"
     row = {k: getattr(spec, k) for k in RUN_COLUMNS if hasattr(spec, k)}
     row.update(
@@ -55,13 +60,19 @@ def run_row(spec: RunSpec, run: RunDir) -> dict:
         process_s=timing.get("process_s", float("nan")),
         status=status.get("status") or (st.FAILED if run.path.exists() else st.PENDING),
         message=message,
+        **summary(_read(read_events, run.events) or event_schema().empty_table()),
     )
     return row
 
 
-def _curve(run: RunDir) -> pa.Table | None:
+def run_damage(run: RunDir, rows: int | None) -> str | None:
+    """Why a finished run's curve or events cannot be trusted, or None."""
+    return curve_damage(run.curve, rows) or event_damage(run.events)
+
+
+def _read(reader, directory) -> pa.Table | None:
     try:
-        return read_curve(run.curve)
+        return reader(directory)
     except CurveDamage:
         return None
 
@@ -72,16 +83,14 @@ def _with_sweep(table: pa.Table, sweep: str) -> pa.Table:
 
 
 def collect(specs: list[RunSpec], layout: Layout, sweep: SweepDir) -> dict[str, int]:
-    """Write the sweep's runs.parquet and curves.parquet for these runs; returns the runs counted by status."""
+    """Write the sweep's runs, curves and events tables for these runs; returns the runs counted by status."""
     rows = [run_row(s, layout.run(s.run_id)) for s in specs]
-    runs = pa.Table.from_pylist(rows).select(RUN_COLUMNS)
+    write_parquet_atomic(pa.Table.from_pylist(rows).select(RUN_COLUMNS), sweep.runs)
     # A run is shared by every sweep that has it; its rows carry the sweep that collects them. A damaged
     # curve is left out whole (its run is `corrupt`); what a run still training or failed committed is in.
-    curves = [
-        _with_sweep(curve, s.sweep)
-        for s, row in zip(specs, rows)
-        if row["status"] != st.CORRUPT and (curve := _curve(layout.run(s.run_id))) is not None
-    ]
-    write_parquet_atomic(runs, sweep.runs)
+    sound = [(s.sweep, layout.run(s.run_id)) for s, row in zip(specs, rows) if row["status"] != st.CORRUPT]
+    curves = [_with_sweep(t, name) for name, run in sound if (t := _read(read_curve, run.curve)) is not None]
+    events = [_with_sweep(t, name) for name, run in sound if (t := _read(read_events, run.events)) is not None]
     write_parquet_atomic(pa.concat_tables(curves) if curves else curve_schema().empty_table(), sweep.curves)
+    write_parquet_atomic(pa.concat_tables(events) if events else event_schema().empty_table(), sweep.events)
     return dict(sorted(Counter(r["status"] for r in rows).items()))

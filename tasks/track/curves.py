@@ -1,7 +1,8 @@
 """Curves: every logged step to Parquet, the source of truth (MLflow gets the same rows: tasks.track.mlflow_store).
 
-Curves are written as small Parquet parts, each committed by temp-file + fsync + rename, so a
-killed run leaves only whole files (a killed ParquetWriter loses its whole file).
+A run's curve, and its events (tasks.track.events), are written as small Parquet parts (PartLog), each
+committed by temp-file + fsync + rename, so a killed run leaves only whole files (a killed ParquetWriter
+loses its whole file).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
 
 
-class CurveLog:
-    """A run's curve: rows buffered in memory, committed to `<dir>/part-<last_step>.parquet` on flush."""
+class PartLog:
+    """Rows of one run by step, buffered in memory, committed to `<dir>/part-<last_step>.parquet` on flush."""
 
-    def __init__(self, directory: Path, constants: dict):
+    def __init__(self, directory: Path, constants: dict, schema: pa.Schema):
         self.dir = Path(directory)
         self.constants = constants
+        self.schema = schema
         self.pending: list[dict] = []
 
     def append(self, **row) -> None:
@@ -58,14 +60,14 @@ class CurveLog:
         if not self.pending:
             return []
         rows, self.pending = self.pending, []
-        table = pa.Table.from_pylist([{c: r.get(c) for c in CURVE_COLUMNS} for r in rows], schema=curve_schema())
+        table = pa.Table.from_pylist([{c: r.get(c) for c in self.schema.names} for r in rows], schema=self.schema)
         _write_part(table, self.dir / f"part-{rows[-1]['step']:09d}.parquet")
         return rows
 
     def truncate(self, after_step: int) -> None:
         """Drop rows past a checkpoint: a resumed run logs those steps again."""
         for part in sorted(self.dir.glob("part-*.parquet")):
-            t = _read_part(part)
+            t = _read_part(part, self.schema)
             keep = t.filter(pa.compute.less_equal(t["step"], after_step))
             if keep.num_rows == t.num_rows:
                 continue
@@ -78,7 +80,14 @@ class CurveLog:
                     part.unlink()
 
     def read(self) -> pa.Table:
-        return read_curve(self.dir)
+        return read_parts(self.dir, self.schema)
+
+
+class CurveLog(PartLog):
+    """A run's curve: one row a logged step (CURVE_COLUMNS)."""
+
+    def __init__(self, directory: Path, constants: dict):
+        super().__init__(directory, constants, curve_schema())
 
 
 def curve_schema() -> pa.Schema:
@@ -99,35 +108,40 @@ headers or the footer, where a flipped bit can still change a value unseen (2 of
 of a part did); a digest of the decoded rows catches any change of a value."""
 
 
-def _rows_digest(table: pa.Table) -> str:
-    rows = json.dumps(table.cast(curve_schema()).to_pylist(), allow_nan=True)
+def _rows_digest(table: pa.Table, schema: pa.Schema) -> str:
+    rows = json.dumps(table.cast(schema).to_pylist(), allow_nan=True)
     return hashlib.sha256(rows.encode()).hexdigest()
 
 
 def _write_part(table: pa.Table, path: Path) -> None:
-    write_parquet_atomic(table.replace_schema_metadata({ROWS_DIGEST: _rows_digest(table).encode()}), path)
+    digest = _rows_digest(table, table.schema)
+    write_parquet_atomic(table.replace_schema_metadata({ROWS_DIGEST: digest.encode()}), path)
 
 
-def _read_part(path: Path) -> pa.Table:
+def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path, page_checksum_verification=True)
         stored = (table.schema.metadata or {}).get(ROWS_DIGEST, b"").decode()
-        table = table.cast(curve_schema())
+        table = table.cast(schema)
     except (OSError, ValueError, UnicodeDecodeError, pa.ArrowException) as err:  # pyarrow's errors for bad bytes
         raise CurveDamage(f"{path.name}: {err}") from None
-    if stored != _rows_digest(table):
+    if stored != _rows_digest(table, schema):
         raise CurveDamage(f"{path.name}: its rows do not match the digest written with them")
     return table
 
 
-def read_curve(directory: Path) -> pa.Table:
+def read_parts(directory: Path, schema: pa.Schema) -> pa.Table:
     """The committed rows, by step, every page checked against its checksum; CurveDamage if one fails.
 
     Temporary files of a writer killed mid-write are dot-named and never read."""
     parts = sorted(Path(directory).glob("part-*.parquet"))
     if not parts:
-        return curve_schema().empty_table()
-    return pa.concat_tables([_read_part(p) for p in parts]).sort_by("step")
+        return schema.empty_table()
+    return pa.concat_tables([_read_part(p, schema) for p in parts]).sort_by("step")
+
+
+def read_curve(directory: Path) -> pa.Table:
+    return read_parts(directory, curve_schema())
 
 
 def curve_damage(directory: Path, rows: int | None) -> str | None:

@@ -2,15 +2,15 @@
 
     experiment   the sweep's name
     parent run   sweep-<name>, one per invocation; tags kind=sweep, sweep, code_version, sweep_file;
-                 artifacts: the report, fits.json, the runs and curves tables, the sweep file;
+                 artifacts: the report, fits.json, the runs, curves and events tables, the sweep file;
                  the fits' parameters and metrics (fit.<arch>.<law>.<name>: tasks.fit.scalars)
     child run    one per run of the grid, named like it (mamba-350m-7B-lr1.5e-3) and found again by its
                  run_id tag when the sweep is re-run (never duplicated);
                  params: arch, size, n_params, tokens, tokens_per_param, lr, steps, flops, ... (child_params)
                  tags: kind=run, run_id, sweep, arch, size, status (tasks.status: running | completed | ...)
-                 metrics: the curve's rows (tasks.track.mlflow_store)
+                 metrics: the curve's rows and the run's events (tasks.track.mlflow_store)
 
-When a run ends, finish_child re-sends its whole Parquet curve and records what reached the store in the
+When a run ends, finish_child re-sends its whole Parquet curve and events and records what reached the store in the
 run folder's mlflow.json; a run whose record is missing or stale is sent again at the end of the sweep
 (sync_runs) and by every later invocation, including one that skips the run's training.
 """
@@ -27,6 +27,7 @@ from tasks import status as st
 from tasks.fit.scalars import fit_scalars
 from tasks.layout import Layout, RunDir, SweepDir
 from tasks.track.curves import CurveDamage, read_curve
+from tasks.track.events import read_events
 from tasks.track.mlflow_store import BATCH, available, mark_down, mlflow_client, send_metrics
 
 
@@ -121,10 +122,11 @@ def finish_child(uri: str, experiment_id: str | None, parent_id: str | None, spe
     if experiment_id is None or parent_id is None:
         return False
     try:
-        curve = read_curve(run.curve).to_pylist()
+        curve, events = read_curve(run.curve).to_pylist(), read_events(run.events).to_pylist()
     except CurveDamage:  # never shown as it is: the run is `corrupt`, and trained again
         return False
-    state = {"status": status, "rows": len(curve), "last_timestamp_ms": curve[-1]["timestamp_ms"] if curve else None}
+    last = curve[-1]["timestamp_ms"] if curve else None
+    state = {"status": status, "rows": len(curve), "events": len(events), "last_timestamp_ms": last}
     key = f"{uri} experiment {experiment_id}"
     record = run.read_synced()
     if record.get(key, {}).get("state") == state:
@@ -134,7 +136,7 @@ def finish_child(uri: str, experiment_id: str | None, parent_id: str | None, spe
     try:
         client = mlflow_client(uri)
         mlflow_run_id = _find_or_create(client, experiment_id, parent_id, spec)
-        send_metrics(client, mlflow_run_id, curve)
+        send_metrics(client, mlflow_run_id, curve, events)
         client.set_tag(mlflow_run_id, "status", status)
         client.set_terminated(mlflow_run_id, "FINISHED" if status in st.FINISHED else "FAILED")
     except Exception as err:  # noqa: BLE001 -- see mlflow_store.mark_down
@@ -162,7 +164,7 @@ def publish(tracking: Tracking, sweep: SweepDir, sweep_file: Path, summary: str)
     client = mlflow_client(tracking.uri)
     run = tracking.parent_run_id
     client.log_artifacts(run, str(sweep.report), "report")
-    for recorded in (*sweep.recorded, sweep.config):
+    for recorded in (*sweep.recorded, sweep.events, sweep.config):
         client.log_artifact(run, str(recorded))
     client.log_artifact(run, str(sweep_file))
     log_fit(client, run, *fit_scalars(json.loads(sweep.fits.read_text())))

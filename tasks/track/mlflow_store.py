@@ -10,7 +10,8 @@ Re-sending is idempotent: rows carry the timestamps recorded in Parquet, and MLf
 that repeats (key, step, timestamp, value) exactly.
 
     metrics at step = optimizer step: train_loss, val_loss, lr_now, grad_norm, tokens_per_s, tokens_seen,
-    flops; and at step = tokens seen: by_tokens/train_loss, by_tokens/val_loss
+    flops; and at step = tokens seen: by_tokens/train_loss, by_tokens/val_loss;
+    events/<kind> at the step of each event (tasks.track.events): how many of that kind so far
 """
 
 from __future__ import annotations
@@ -102,8 +103,14 @@ def metrics_of(rows: list[dict]) -> list:
     return out
 
 
-def send_metrics(client, mlflow_run_id: str, rows: list[dict]) -> None:
-    metrics = metrics_of(rows)
+def event_metrics(events: list[dict]) -> list:
+    from mlflow.entities import Metric
+
+    return [Metric(f"events/{e['kind']}", float(e["count"]), int(e["timestamp_ms"]), int(e["step"])) for e in events]
+
+
+def send_metrics(client, mlflow_run_id: str, rows: list[dict], events: list[dict] = ()) -> None:
+    metrics = metrics_of(rows) + event_metrics(list(events))
     for i in range(0, len(metrics), BATCH):
         client.log_batch(mlflow_run_id, metrics=metrics[i : i + BATCH])
 
@@ -121,9 +128,9 @@ class MetricSender:
         self._thread = threading.Thread(target=self._loop, name="mlflow-sender", daemon=True)
         self._thread.start()
 
-    def send(self, rows: list[dict]) -> None:
-        if rows:
-            self._queue.put(("metrics", list(rows)))
+    def send(self, rows: list[dict], events: list[dict] = ()) -> None:
+        if rows or events:
+            self._queue.put(("metrics", (list(rows), list(events))))
 
     def tag(self, tags: dict) -> None:
         self._queue.put(("tags", dict(tags)))
@@ -145,7 +152,7 @@ class MetricSender:
                 continue
             try:
                 if kind == "metrics":
-                    send_metrics(client, self.run_id, payload)
+                    send_metrics(client, self.run_id, *payload)
                 else:
                     client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()])
             except Exception as err:  # noqa: BLE001 -- see mark_down

@@ -21,7 +21,7 @@ from pathlib import Path
 from tasks import status as st
 from tasks.layout import RunDir
 from tasks.plan import RunSpec
-from tasks.track.curves import curve_damage
+from tasks.track.collect import run_damage
 
 ROOT = Path(__file__).resolve().parents[2]
 _live: dict[int, subprocess.Popen] = {}
@@ -125,7 +125,7 @@ def train_run(
     with run.lock(on_wait) as lock_fd:
         status = run.read_status()
         if status.get("status") in st.FINISHED:
-            if (why := curve_damage(run.curve, status.get("rows"))) is None:
+            if (why := run_damage(run, status.get("rows"))) is None:
                 return RunResult(spec.run_id, status["status"], skipped=True, process_s=0.0)
             run.restart(f"{why}: training it again from the start")
         run.clear_status()

@@ -14,10 +14,12 @@ that would read other data stops instead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,8 @@ import torch
 
 from tasks.atomic import fsync_dir, write_atomic
 from tasks.layout import CHECKPOINT_DONE, complete_checkpoints
+from tasks.track.events import CHECKPOINT_REJECTED
+from tasks.train.faults import Faults
 
 if TYPE_CHECKING:
     from tasks.train.setup import Session
@@ -71,27 +75,32 @@ def damage(folder: Path) -> str | None:
 class Checkpoints:
     """DeepSpeed checkpoints under RUN_DIR/ckpt, sealed with a manifest and a marker DeepSpeed does not write."""
 
-    def __init__(self, root: Path, keep: int = 2):
-        self.root, self.keep = root, keep
+    def __init__(self, root: Path, faults: Faults = Faults(), keep: int = 2):
+        self.root, self.faults, self.keep = root, faults, keep
 
-    def latest(self, on_reject=print) -> str | None:
-        """The newest sealed checkpoint whose files match its manifest; each one rejected on the way is
-        reported (with why) to `on_reject`."""
+    def latest(self) -> tuple[str | None, list[tuple[int, str]]]:
+        """The newest sealed checkpoint whose files match its manifest, and the (step, why) of each newer one
+        rejected on the way."""
+        rejected = []
         for folder in reversed(complete_checkpoints(self.root)):
             if (why := damage(folder)) is None:
-                return folder.name
-            on_reject(f"checkpoint {folder.name} rejected: {why}")
-        return None
+                return folder.name, rejected
+            rejected.append((int(folder.name.removeprefix("step")), why))
+        return None, rejected
 
     def save(self, engine, step: int, state: dict) -> None:
         tag = f"step{step}"
         if engine.global_rank == 0:  # a folder rejected before and written again is unsealed until sealed anew
             (self.root / tag / CHECKPOINT_DONE).unlink(missing_ok=True)
         torch.distributed.barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state=state)
+        self.faults.before_write(step, "checkpoint")
+        with self.faults.writing_checkpoint(step):
+            engine.save_checkpoint(str(self.root), tag=tag, client_state=state)
         torch.distributed.barrier()
         if engine.global_rank == 0:
+            self.faults.in_save(step, "before_marker")
             seal(self.root / tag, step)
+            self.faults.in_save(step, "after_marker")
             for old in complete_checkpoints(self.root)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         torch.distributed.barrier()
@@ -104,27 +113,47 @@ def data_position(s: Session, step: int) -> dict:
 
 
 def resume(s: Session) -> tuple[int, float]:
-    """Load the newest complete checkpoint, if any; returns (the step to start from, wall seconds before)."""
-    tag = s.ckpts.latest(on_reject=lambda why: s.rank == 0 and print(why, flush=True))
-    if not tag:
-        return 0, 0.0
-    _, state = s.engine.load_checkpoint(str(s.ckpts.root), tag=tag)
-    if state["data"] != data_position(s, state["step"]):
-        raise SystemExit(
-            f"{s.ckpts.root / tag} was trained on other data ({state['data']}); this run reads "
-            f"{data_position(s, state['step'])}: remove {s.ckpts.root} to start the run again"
-        )
-    torch.set_rng_state(state["rng"])
+    """Load the newest intact checkpoint, if any; returns (the step to start from, wall seconds before).
+
+    Each newer checkpoint rejected on the way is in the log and the run's events."""
+    tag, rejected = s.ckpts.latest()
+    step = 0
+    if tag:
+        _, state = s.engine.load_checkpoint(str(s.ckpts.root), tag=tag)
+        if state["data"] != data_position(s, state["step"]):
+            raise SystemExit(
+                f"{s.ckpts.root / tag} was trained on other data ({state['data']}); this run reads "
+                f"{data_position(s, state['step'])}: remove {s.ckpts.root} to start the run again"
+            )
+        step = state["step"]
+        if s.faults.forget_position:
+            s.faults = dataclasses.replace(s.faults, resumed_at=step)
+        else:
+            torch.set_rng_state(state["rng"])
     if s.rank == 0:
-        s.curve.truncate(after_step=state["step"])
-        print(f"resumed from {tag} (step {state['step']} of {s.spec.steps})", flush=True)
-    return state["step"], state["wall_s"]
+        s.curve.truncate(after_step=step)
+        s.events.truncate(after_step=step)
+        for bad, why in rejected:
+            detail = f"checkpoint step{bad} rejected: {why}; resuming from {tag or 'the start'}"
+            s.events.record(step, CHECKPOINT_REJECTED, float(bad), detail, int(time.time() * 1000))
+        if tag:
+            print(f"resumed from {tag} (step {step} of {s.spec.steps})", flush=True)
+    return step, state["wall_s"] if tag else 0.0
 
 
 def save(s: Session, step: int, wall_s: float) -> None:
-    """A checkpoint at `step`, after committing the curve up to it (so a resume truncates nothing it needs)."""
-    rows = s.curve.flush() if s.rank == 0 else []
+    """A checkpoint at `step`, after committing the curve and events up to it (so a resume truncates nothing
+    it needs)."""
+    rows, events = commit(s, step)
     state = {"step": step, "wall_s": wall_s, "rng": torch.get_rng_state(), "data": data_position(s, step)}
     s.ckpts.save(s.engine, step, state)
     if s.sender:
-        s.sender.send(rows)
+        s.sender.send(rows, events)
+
+
+def commit(s: Session, step: int) -> tuple[list[dict], list[dict]]:
+    """Rank 0 commits the pending curve rows and events; returns both."""
+    if s.rank != 0:
+        return [], []
+    s.faults.before_write(step, "curve")
+    return s.curve.flush(), s.events.flush()

@@ -26,7 +26,9 @@ from tasks.data.loader import read_intervals
 from tasks.layout import RunDir
 from tasks.plan import RunSpec
 from tasks.track.curves import CurveLog
+from tasks.track.events import EventLog
 from tasks.track.mlflow_store import MetricSender
+from tasks.train.faults import Faults
 from tasks.train.resume import Checkpoints
 
 CURVE_CONSTANTS = ("sweep", "run_id", "arch", "n_params", "n_params_nonembed", "tokens", "lr")
@@ -53,9 +55,12 @@ class Session:
     """The train stream's interval index, where it has one (a genome): windows stay inside intervals."""
     val_spans: np.ndarray | None
     curve: CurveLog
+    events: EventLog
     ckpts: Checkpoints
     sender: MetricSender | None
     """MLflow, from a background thread on rank 0: a slow or dead store never holds up a step."""
+    faults: Faults
+    """What the fault suite injects (tasks.train.faults); none in a sweep."""
 
 
 def lr_lambda(spec: RunSpec):
@@ -89,6 +94,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class AdamW(torch.optim.AdamW):
+    """AdamW that skips an update whose gradients are not finite, and says so the way DeepSpeed's ZeRO
+    optimizers do (`overflow`: the engine then counts a skipped step and holds the schedule).
+
+    Under ZeRO stages 1-3 DeepSpeed's own optimizer checks first, and this one only sees finite gradients.
+    Under stage 0 DeepSpeed checks nothing, so this one does, clips (`clip`: stage 0 clips here, not in
+    DeepSpeed, to see the norm before clipping) and reports the norm as `_global_grad_norm`."""
+
+    def __init__(self, params, clip: float = 0.0, **kwargs):
+        super().__init__(params, **kwargs)
+        self.clip, self.overflow, self._global_grad_norm = clip, False, None
+
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clip or float("inf"))
+        self.overflow, self._global_grad_norm = not bool(torch.isfinite(norm)), norm
+        return None if self.overflow else super().step(closure)
+
+
 def ds_config(spec: RunSpec) -> dict:
     # bf16 is applied by autocast around the forward pass, not by DeepSpeed's bf16 mode, so that
     # master weights, gradients and optimizer state stay fp32 (the Mamba authors' advice for SSMs).
@@ -96,8 +120,9 @@ def ds_config(spec: RunSpec) -> dict:
         "train_batch_size": spec.batch_tokens // spec.seq_len,
         "train_micro_batch_size_per_gpu": spec.micro_batch_size,
         "gradient_accumulation_steps": spec.grad_accum,
-        "gradient_clipping": spec.optimizer["grad_clip"],
+        "gradient_clipping": spec.optimizer["grad_clip"] if spec.zero_stage > 0 else 0.0,  # stage 0: AdamW clips
         "zero_optimization": {"stage": spec.zero_stage},
+        "zero_allow_untested_optimizer": True,  # AdamW below is torch's AdamW, checked for finite gradients
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -134,8 +159,9 @@ def _engine(spec: RunSpec):
     import deepspeed
 
     model = build_model(config_from_dict(spec.arch, spec.model))
-    opt = torch.optim.AdamW(
+    opt = AdamW(
         param_groups(model, spec.optimizer["weight_decay"]),
+        clip=spec.optimizer["grad_clip"] if spec.zero_stage == 0 else 0.0,
         lr=spec.lr,
         betas=tuple(spec.optimizer["betas"]),
         eps=spec.optimizer["eps"],
@@ -157,6 +183,7 @@ def start(run: RunDir, launch_file: Path) -> Session:
     dev_type = torch.device(device).type
     autocast = torch.autocast(dev_type, dtype=torch.bfloat16) if spec.precision == "bf16" else nullcontext()
     cache = TokenCache.open(Path(launch["cache_dir"]))
+    faults = Faults.from_env()
     sender = None
     if rank == 0 and launch.get("mlflow_run_id"):
         sender = MetricSender(launch["mlflow_uri"], launch["mlflow_run_id"])
@@ -175,8 +202,10 @@ def start(run: RunDir, launch_file: Path) -> Session:
         train_spans=read_intervals(cache.dir, "train"),
         val_spans=read_intervals(cache.dir, "val"),
         curve=CurveLog(run.curve, {k: getattr(spec, k) for k in CURVE_CONSTANTS}),
-        ckpts=Checkpoints(run.ckpt),
+        events=EventLog(run.events, {"sweep": spec.sweep, "run_id": spec.run_id}),
+        ckpts=Checkpoints(run.ckpt, faults),
         sender=sender,
+        faults=faults,
     )
     _announce(session, implementations(dev_type))
     return session

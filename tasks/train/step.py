@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from tasks import status as st
 from tasks.data.loader import train_batch, val_batches, val_windows, window_batch
 from tasks.plan import RunSpec
+from tasks.track.events import LOSS_SPIKE, SKIPPED_UPDATE, SpikeWatch
 from tasks.train.resume import save
 from tasks.train.setup import Session
 
 DIVERGED_AFTER_SKIPS = 5
+"""Updates skipped in a row (non-finite loss or gradients) that end a run as diverged."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def evaluate(engine, val, spec: RunSpec, autocast, spans=None) -> float:
 def _batch(s: Session, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of the step's batch, (batch_per_rank, seq_len) inputs and targets."""
     spec = s.spec
+    step = s.faults.data_step(step)
     per_rank = spec.batch_tokens // spec.seq_len // s.world
     if s.train_spans is None:
         x, y = train_batch(s.train, step, s.rank, s.world, per_rank, spec.seq_len, spec.seed)
@@ -60,18 +63,24 @@ def _batch(s: Session, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(s.device), y.to(s.device)
 
 
-def train_step(s: Session, step: int) -> tuple[float, float]:
-    """One optimizer step over its micro-batches; returns (mean train loss, global gradient norm)."""
+def train_step(s: Session, step: int) -> tuple[float, float, bool]:
+    """One optimizer step over its micro-batches; returns (mean train loss, global gradient norm, whether
+    its update was skipped for non-finite gradients)."""
     x, y = _batch(s, step)
-    losses = []
+    losses, skipped_before = [], s.engine.skipped_steps
     for xm, ym in zip(x.split(s.spec.micro_batch_size), y.split(s.spec.micro_batch_size)):
         with s.autocast:
             logits = s.engine(xm)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), ym.flatten())
-        s.engine.backward(loss)
+        loss, differentiated = s.faults.loss(F.cross_entropy(logits.float().flatten(0, 1), ym.flatten()), step)
+        s.engine.backward(differentiated)
         s.engine.step()
         losses.append(loss.detach())
-    return torch.stack(losses).mean().item(), float(s.engine.get_global_grad_norm() or float("nan"))
+    norm = s.engine.get_global_grad_norm()
+    return (
+        torch.stack(losses).mean().item(),
+        float("nan" if norm is None else norm),
+        s.engine.skipped_steps > skipped_before,
+    )
 
 
 def train(s: Session, start: int, wall_before: float) -> Outcome:
@@ -80,14 +89,16 @@ def train(s: Session, start: int, wall_before: float) -> Outcome:
     t0 = t_last = time.time()
     last_logged, step_tokens = start, spec.batch_tokens
     train_loss = val_loss = float("nan")
-    status, done, bad_streak = st.COMPLETED, start, 0
+    status, done, skipped_streak, spikes = st.COMPLETED, start, 0, SpikeWatch()
     for step in range(start, spec.steps):
-        train_loss, grad_norm = train_step(s, step)
+        train_loss, grad_norm, skipped = train_step(s, step)
         done = step + 1
-        # DeepSpeed skips an update whose gradients are not finite, so a blown-up run can go on
-        # with a finite loss forever; a streak of skipped updates counts as divergence too.
-        bad_streak = bad_streak + 1 if not math.isfinite(grad_norm) else 0
-        if not math.isfinite(train_loss) or bad_streak >= DIVERGED_AFTER_SKIPS:
+        # A skipped update leaves the weights as they were, so one is survived; a streak of them means
+        # the run has blown up (its loss may even stay finite), and ends it.
+        skipped_streak = skipped_streak + 1 if skipped else 0
+        if s.rank == 0:
+            record_events(s, done, train_loss, grad_norm, skipped, spikes)
+        if skipped_streak >= DIVERGED_AFTER_SKIPS:
             status = st.DIVERGED
         last = done == spec.steps or status == st.DIVERGED
         evaluated = done % spec.eval_interval == 0 or last
@@ -112,4 +123,15 @@ def train(s: Session, start: int, wall_before: float) -> Outcome:
             break
         if done % spec.checkpoint_interval == 0 and not last:
             save(s, done, wall_before + time.time() - t0)
+        s.faults.after_step(done)
     return Outcome(status, done, train_loss, val_loss, wall_before + time.time() - t0)
+
+
+def record_events(s: Session, step: int, loss: float, grad_norm: float, skipped: bool, spikes: SpikeWatch) -> None:
+    now = int(time.time() * 1000)
+    if skipped:
+        s.events.record(
+            step, SKIPPED_UPDATE, loss, f"update skipped: loss {loss:.4g}, gradient norm {grad_norm:.4g}", now
+        )
+    elif ratio := spikes.spike(loss):
+        s.events.record(step, LOSS_SPIKE, loss, f"train loss {loss:.4g}, {ratio:.3g}x the running median", now)

@@ -21,9 +21,9 @@ def test_a_checkpoint_counts_only_with_its_marker(tmp_path):
     ck = Checkpoints(tmp_path)
     checkpoint(tmp_path, 10)
     checkpoint(tmp_path, 20, seal_it=False)  # written, never completed: a kill during save
-    assert ck.latest() == "step10"
+    assert ck.latest() == ("step10", [])
     checkpoint(tmp_path, 100)
-    assert ck.latest() == "step100"
+    assert ck.latest() == ("step100", [])
 
 
 def truncate(folder):
@@ -62,11 +62,11 @@ def test_a_damaged_newest_checkpoint_gives_way_to_the_one_before(tmp_path, fault
     checkpoint(tmp_path, 10)
     newest = checkpoint(tmp_path, 20)
     assert damage(newest) is None  # the negative control: sealed and untouched, it is sound
-    assert Checkpoints(tmp_path).latest() == "step20"
+    assert Checkpoints(tmp_path).latest() == ("step20", [])
     fault(newest)
-    rejected = []
-    assert Checkpoints(tmp_path).latest(on_reject=rejected.append) == "step10"
-    assert len(rejected) == 1 and rejected[0].startswith("checkpoint step20 rejected: " + why)
+    tag, rejected = Checkpoints(tmp_path).latest()
+    assert tag == "step10"
+    assert len(rejected) == 1 and rejected[0][0] == 20 and rejected[0][1].startswith(why)
 
 
 def test_the_manifest_lists_every_file_with_its_digest(tmp_path):

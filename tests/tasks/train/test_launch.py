@@ -12,6 +12,7 @@ from tasks.data import prepare_data
 from tasks.layout import RunDir
 from tasks.plan import plan_sweep
 from tasks.track.curves import read_curve
+from tasks.track.events import read_events
 from tasks.train.launch import train_run
 from tests.conftest import tiny_sweep
 
@@ -84,6 +85,12 @@ def test_a_damaged_newest_checkpoint_costs_only_the_steps_since_the_one_before(t
     log = run.log.read_text()
     assert f"checkpoint {newest.name} rejected: mp_rank_00_model_states.pt does not match its manifest" in log
     assert f"resumed from {older.name}" in log
+    [event] = read_events(run.events).to_pylist()
+    assert (event["kind"], event["step"], event["value"]) == (
+        "checkpoint_rejected",
+        int(older.name[4:]),
+        int(newest.name[4:]),
+    )
     final = run.read_status()
     assert (final["train_loss"], final["val_loss"]) == (expected["train_loss"], expected["val_loss"])
     steps = read_curve(run.curve).column("step").to_pylist()
