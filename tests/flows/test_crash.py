@@ -17,7 +17,7 @@ import pytest
 
 from tasks.flow_runs import FlowRunRecord, is_gone, process_start
 from tests.conftest import ROOT, scaling, tiny_sweep
-from tests.flows.test_deployment import TINY, flow_run_id, free_port
+from tests.flows.test_deployment import TINY, flow_run_id, free_port, stop_groups
 
 READ_RUNS = """
 import json
@@ -289,16 +289,7 @@ def worker_server(tmp_path):
 
         yield SimpleNamespace(env=env, prefect=prefect, worker=start_worker(), start_worker=start_worker)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_groups(procs)
 
 
 def _healthy(port: int) -> bool:

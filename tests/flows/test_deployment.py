@@ -91,13 +91,21 @@ def server(tmp_path):
         )
         yield prefect, tmp_path / "out"
     finally:
-        for p in procs:
+        stop_groups(procs)
+
+
+def stop_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group (one gone already is fine), then SIGKILL any still there after 30 s."""
+    for p in procs:
+        try:
             os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def flow_run_id(output: str) -> str:
