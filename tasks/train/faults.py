@@ -10,7 +10,7 @@ A sweep never sets them: they come from SCALING_FAULTS, the path of a JSON objec
     nan_from: k               every loss from step k on is NaN
     spike_at: [k, ...]        the loss of step k is ten times itself
     fill_disk: [k, where, path]  before the curve flush ("curve") or the checkpoint write ("checkpoint")
-                              of step k, a file at `path` takes all but a few KiB of its filesystem
+                              of step k, a file at `path` takes every free byte of its filesystem
     forget_position: true     a resume restores neither the data position nor the RNG (the negative
                               control of the resume tests)
 
@@ -104,11 +104,8 @@ class Faults:
     def before_write(self, step: int, what: str) -> None:
         if self.fill_disk and tuple(self.fill_disk[:2]) == (step, what) and self._once(f"fill {what} {step}"):
             path = Path(self.fill_disk[2])
-            stat = os.statvfs(path.parent)
-            size = max(stat.f_bavail * stat.f_frsize - 16 * 1024, 0)
-            with open(path, "wb") as fh:
-                os.posix_fallocate(fh.fileno(), 0, size)
-            _say(f"disk filled before the {what} write at step {step} ({size} bytes in {path})")
+            _say(f"filling the disk before the {what} write at step {step} ({path})")  # while the log can take it
+            fill(path)
 
     def _once(self, what: str) -> bool:
         fired = self.source.with_name(self.source.name + ".fired")
@@ -124,6 +121,23 @@ class Faults:
         if self._once(what):
             _say(what)
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def fill(path: Path) -> None:
+    """Take every free byte of `path`'s filesystem: allocate what statvfs reports, then write until refused."""
+    with open(path, "wb") as fh:
+        stat = os.statvfs(path.parent)
+        try:
+            os.posix_fallocate(fh.fileno(), 0, stat.f_bavail * stat.f_frsize)
+        except OSError:
+            pass
+        fh.seek(0, os.SEEK_END)
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                os.write(fh.fileno(), chunk)
+        except OSError:
+            pass
 
 
 def _say(what: str) -> None:

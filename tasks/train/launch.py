@@ -22,6 +22,7 @@ from tasks import status as st
 from tasks.layout import RunDir
 from tasks.plan import RunSpec
 from tasks.track.collect import run_damage
+from tasks.train import disk
 
 ROOT = Path(__file__).resolve().parents[2]
 _live: dict[int, subprocess.Popen] = {}
@@ -128,8 +129,6 @@ def train_run(
             if (why := run_damage(run, status.get("rows"))) is None:
                 return RunResult(spec.run_id, status["status"], skipped=True, process_s=0.0)
             run.restart(f"{why}: training it again from the start")
-        run.clear_status()
-        run.write_spec(spec.to_dict())
         launch = {
             "cache_dir": str(cache_dir),
             "threads": threads,
@@ -138,7 +137,14 @@ def train_run(
             "mlflow_run_id": mlflow_run_id,
             "launcher_pid": os.getpid(),
         }
-        launch_file = run.write_launch(launch)
+        try:
+            run.clear_status()
+            run.write_spec(spec.to_dict())
+            launch_file = run.write_launch(launch)
+        except OSError as err:  # still full since the last try: the same clean error, before any compute
+            if not disk.is_disk_full(err, run.path):
+                raise
+            return RunResult(spec.run_id, st.FAILED, skipped=False, process_s=0.0, message=disk.message(run))
         t0 = time.time()
         try:
             with open(run.log, "ab") as logf:
@@ -155,12 +161,24 @@ def train_run(
         finally:
             launch_file.unlink(missing_ok=True)
         status = run.status() or st.FAILED
-        if status == st.FAILED and not message:
+        if status == st.FAILED and _disk_full(proc.returncode, run):
+            disk.clear_partial_writes(run)  # the retry gets back the space the torn writes held
+            message = disk.message(run)
+        elif status == st.FAILED and not message:
             message = "training process exited without writing status.json"
         if message:
             message += f"; see {run.log}"
-        process_s = run.add_timing(time.time() - t0, message)
+        try:
+            process_s = run.add_timing(time.time() - t0, message)
+        except OSError:  # a full disk: the timing is a convenience, the message is what matters
+            process_s = time.time() - t0
     return RunResult(spec.run_id, status, skipped=False, process_s=process_s, message=message)
+
+
+def _disk_full(returncode: int | None, run: RunDir) -> bool:
+    # torchrun reports a rank's exit as its own failure, and a full disk may break the exit itself
+    # (Python exits 120 when it cannot flush the log), so a failed process on a full filesystem counts too.
+    return returncode == disk.EXIT_DISK_FULL or (returncode != 0 and disk.free_bytes(run.path) < 2**20)
 
 
 def _has_cuda() -> bool:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tasks.layout import RunDir
+from tasks.train.disk import EXIT_DISK_FULL, is_disk_full
 from tasks.train.finish import finish
 from tasks.train.resume import resume
 from tasks.train.setup import start
@@ -25,8 +26,18 @@ from tasks.train.step import train
 
 def main(run_dir: Path, launch_file: Path) -> int:
     session = start(RunDir(run_dir), launch_file)
-    first_step, wall_before = resume(session)
-    finish(session, train(session, first_step, wall_before))
+    try:
+        first_step, wall_before = resume(session)
+        finish(session, train(session, first_step, wall_before))
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err, run_dir):
+            raise
+        # No traceback: the launcher names the cause (tasks.train.disk), and the log may not take a line.
+        try:
+            print(f"disk full: {err}", flush=True)
+        except OSError:
+            pass
+        return EXIT_DISK_FULL
     return 0
 
 
