@@ -14,6 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.layout import RunDir, complete_checkpoints
+from tasks.track.curves import read_curve
+from tasks.train.resume import damage
 from tests.conftest import ROOT
 from tests.flows.test_resume import trainer_pids
 
@@ -151,3 +154,9 @@ def test_deployments_sample_runs_pile_fails_fast_and_cancel_stops_training(serve
     while trainer_pids():
         assert time.time() < deadline, f"training processes outlived the cancelled flow run: {trainer_pids()}"
         time.sleep(1)
+    # What the cancelled run leaves is safe to resume from: each sealed checkpoint matches its manifest
+    # (an unsealed one is never loaded), and its curve reads whole, nothing half-written in view.
+    [cancelled] = [run for run in (RunDir(p.parent) for p in out.glob("runs/*/spec.json")) if run.status() is None]
+    assert all(damage(ckpt) is None for ckpt in complete_checkpoints(cancelled.ckpt))
+    steps = read_curve(cancelled.curve).column("step").to_pylist()
+    assert steps == sorted(set(steps))
