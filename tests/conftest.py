@@ -46,6 +46,14 @@ fit:
     return p
 
 
+def curve_losses(run) -> list[tuple[int, float]]:
+    """A run's committed curve as (step, train_loss) pairs, to hold a faulted run to its reference."""
+    from tasks.track.curves import read_curve
+
+    curve = read_curve(run.curve)
+    return list(zip(curve.column("step").to_pylist(), curve.column("train_loss").to_pylist()))
+
+
 def scaling(*args, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
     """The `scaling` command as a user runs it."""
     exe = Path(sys.executable).with_name("scaling")

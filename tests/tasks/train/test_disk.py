@@ -9,16 +9,11 @@ from tasks.config import load_sweep
 from tasks.data import prepare_data
 from tasks.layout import RunDir, complete_checkpoints
 from tasks.plan import plan_sweep
-from tasks.track.curves import read_curve
 from tasks.train.disk import clear_partial_writes, free_bytes
 from tasks.train.launch import train_run
 from tasks.train.resume import damage
+from tests.conftest import curve_losses as losses
 from tests.conftest import tiny_sweep
-
-
-def losses(run: RunDir) -> list[tuple[int, float]]:
-    curve = read_curve(run.curve)
-    return list(zip(curve.column("step").to_pylist(), curve.column("train_loss").to_pylist()))
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from tasks.config import load_sweep
 from tasks.data import prepare_data
 from tasks.layout import CHECKPOINT_DONE, RunDir
 from tasks.plan import plan_sweep
-from tasks.track.curves import read_curve
 from tasks.train.launch import train_run
 from tasks.train.resume import MANIFEST, damage
+from tests.conftest import curve_losses as losses
 from tests.conftest import tiny_sweep
 
 
@@ -25,11 +25,6 @@ def point(tmp_path_factory):
     reference = RunDir(tmp / "reference")
     assert train_run(spec, reference, cache.dir, 1).status == "completed"
     return spec, cache, losses(reference), tmp
-
-
-def losses(run: RunDir) -> list[tuple[int, float]]:
-    curve = read_curve(run.curve)
-    return list(zip(curve.column("step").to_pylist(), curve.column("train_loss").to_pylist()))
 
 
 def train_until_done(point, name: str, faults: dict, monkeypatch, tries: int = 6) -> tuple[RunDir, int]:
