@@ -15,17 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.config.schema import (
-    FitConfig,
-    Loc,
-    Problem,
-    SizeConfig,
-    SweepConfig,
-    cross_field_problems,
-    partial_fields,
-    problem_line,
-    section_model,
-)
+from tasks.config.rules import Loc, Problem, cross_field_problems, problem_line
+from tasks.config.schema import FitConfig, SizeConfig, SweepConfig, partial_fields, section_model
 
 M = TypeVar("M", bound=BaseModel)
 
