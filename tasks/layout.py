@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,15 @@ def _flock(fd: int, path: Path, block: bool) -> bool:
                 "does (local disk, NFSv4, GPFS, Lustre with -o flock) with --output or $SCALING_OUTPUT",
             ) from None
         raise
+
+
+def _lock_holder(fd: int, patience: float = 2.0) -> str:
+    """Who holds the lock, as its holder wrote it. A holder writes its line just after it takes the lock, so
+    an empty file is read again for a moment before it is reported as anonymous."""
+    deadline = time.monotonic() + patience
+    while not (line := os.pread(fd, 200, 0).decode(errors="replace").strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return line or "another launcher"
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,11 @@ class RunDir:
         try:
             if not _flock(fd, self.lock_file, block=False):
                 if on_wait:
-                    on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another launcher")
+                    on_wait(_lock_holder(fd))
                 _flock(fd, self.lock_file, block=True)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+            holder = f"{socket.gethostname()} pid {os.getpid()}\n".encode()
+            os.pwrite(fd, holder, 0)  # overwrite, then cut: the file is never seen empty once written
+            os.ftruncate(fd, len(holder))
             yield fd
         finally:
             os.close(fd)
