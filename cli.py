@@ -4,6 +4,7 @@ scaling plan CONFIG [--set key=value ...]          the grid and its cost; no com
 scaling run CONFIG [--output DIR] [--set k=v ...]   the scaling-sweep flow, locally
 scaling fit RUNS.parquet|.csv [--out FITS.json]     refit recorded runs, no training (scaling fit -h)
 scaling report SWEEP_DIR [SWEEP_DIR ...]            re-render a report (several sweeps: one report), no training
+scaling doctor [--quick] [--only ROW] [--list]      the fault suite: each fault, whether it fired, the outcome
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from tasks.doctor import run
+
+    return run(quick=args.quick, only=args.only, list_only=args.list)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from tasks.config import ConfigError
@@ -136,9 +143,15 @@ def _dispatch(argv: list[str]) -> int:
     p.add_argument("--out", help="report folder (default: SWEEP_DIR/report; for several, OUTPUT/comparisons/A+B)")
     p.add_argument("--title", help="the report's title (default: the sweep names)")
     p.add_argument("--no-pdf", dest="pdf", action="store_false", help="skip the PDF (it needs Chromium)")
+    p = sub.add_parser("doctor", help="run the fault suite against this installation and print its table")
+    p.add_argument("--quick", action="store_true", help="one case per row (about N minutes instead of M)")
+    p.add_argument("--only", metavar="ROW", help="run one row (see --list)")
+    p.add_argument("--list", action="store_true", help="say which tests each row runs, and run none")
     sub.add_parser("bench", add_help=False)  # for `scaling -h`; main() hands `scaling bench ...` to tasks.bench
     args = ap.parse_args(argv)
-    return {"plan": cmd_plan, "run": cmd_run, "fit": cmd_fit, "report": cmd_report}[args.cmd](args)
+    return {"plan": cmd_plan, "run": cmd_run, "fit": cmd_fit, "report": cmd_report, "doctor": cmd_doctor}[args.cmd](
+        args
+    )
 
 
 if __name__ == "__main__":

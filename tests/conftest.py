@@ -80,3 +80,15 @@ def prefect_env(tmp_path):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
+
+
+@pytest.fixture
+def fired(request):
+    """`fired(cond, what)`: assert that an injected fault took effect. A fault test that never fired proves
+    nothing, so it fails; `scaling doctor` reads these records for its `fired` column (tasks.doctor)."""
+
+    def check(cond, what: str) -> None:
+        request.node.user_properties.append(("fired", (bool(cond), what)))
+        assert cond, f"the fault did not fire: {what}"
+
+    return check

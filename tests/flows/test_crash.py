@@ -184,7 +184,8 @@ def test_the_children_of_a_killed_process_are_ended_by_its_reaper():
 
 
 @pytest.mark.slow
-def test_a_killed_flow_process_is_crashed_by_the_rerun_which_finishes_only_what_is_left(tmp_path, prefect_env):
+@pytest.mark.fault("flow_kill", quick=True)
+def test_a_killed_flow_process_is_crashed_by_the_rerun_which_finishes_only_what_is_left(tmp_path, prefect_env, fired):
     sweep = tiny_sweep(
         tmp_path,
         sizes="[t1]",
@@ -212,7 +213,7 @@ def test_a_killed_flow_process_is_crashed_by_the_rerun_which_finishes_only_what_
         assert trainers_of(out) and leftover_prefect_servers(home)
         os.kill(proc.pid, signal.SIGKILL)  # the fault: the flow process dies, with no chance to report it
         proc.wait(timeout=10)
-        assert proc.returncode == -signal.SIGKILL
+        fired(proc.returncode == -signal.SIGKILL, f"SIGKILL of the flow process {proc.pid}")
         t0 = time.time()
         wait_for("end of the orphaned training processes", lambda: not trainers_of(out), 10)
         orphaned_s = time.time() - t0
@@ -301,7 +302,8 @@ def _healthy(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_leaves_its_flow_run_crashed_and_a_rerun_finishes_only_what_is_left(worker_server):
+@pytest.mark.fault("flow_kill")
+def test_a_killed_worker_leaves_its_flow_run_crashed_and_a_rerun_finishes_only_what_is_left(worker_server, fired):
     env, prefect, worker = worker_server.env, worker_server.prefect, worker_server.worker
     out = Path(env["SCALING_OUTPUT"])
     sweep_dir = out / "sweeps" / "sample"
@@ -328,7 +330,7 @@ def test_a_killed_worker_leaves_its_flow_run_crashed_and_a_rerun_finishes_only_w
     assert process_start(flow_process) is not None and trainers_of(out)
     os.kill(worker.pid, signal.SIGKILL)  # the fault: the worker dies; its flow run's process has a session of its own
     worker.wait(timeout=10)
-    assert worker.returncode == -signal.SIGKILL
+    fired(worker.returncode == -signal.SIGKILL, f"SIGKILL of the worker {worker.pid}")
     t0 = time.time()
     wait_for("end of the flow process", lambda: process_start(flow_process) is None, 30)
     wait_for("end of the training processes", lambda: not trainers_of(out), 10)

@@ -41,8 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server, the shipped deployments and a process worker, shared by this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("deployment")
     port = free_port()
     env = {
         **os.environ,
@@ -116,7 +118,7 @@ def flow_run_id(output: str) -> str:
 
 
 @pytest.mark.slow
-def test_deployments_sample_runs_pile_fails_fast_and_cancel_stops_training(server):
+def test_deployments_sample_runs_and_pile_fails_fast(server):
     prefect, out = server
     run = prefect(
         "deployment",
@@ -142,14 +144,20 @@ def test_deployments_sample_runs_pile_fails_fast_and_cancel_stops_training(serve
     logs = prefect("flow-run", "logs", flow_run_id(pile.stdout)).stdout
     assert "/data/pile" in logs and "data.path" in logs
 
-    # Cancelling a running sweep ends its training processes too.
+
+@pytest.mark.slow
+@pytest.mark.fault("cancel", quick=True)
+def test_cancelling_a_flow_run_during_training_ends_every_training_process(server, fired):
+    prefect, out = server
     long = dict(TINY, **{"sizes": ["t3"], "tokens.per_param": 20, "tokens.multipliers": [1.0]})
     started = prefect("deployment", "run", "scaling-sweep/sample", "--param", f"overrides={json.dumps(long)}")
     deadline = time.time() + 300
     while not trainer_pids():
         assert time.time() < deadline, "training never started"
         time.sleep(0.5)
-    prefect("flow-run", "cancel", flow_run_id(started.stdout))
+    training = trainer_pids()
+    cancel = prefect("flow-run", "cancel", flow_run_id(started.stdout))
+    fired(cancel.returncode == 0 and training, f"cancelled the flow run while {training} trained")
     deadline = time.time() + 120
     while trainer_pids():
         assert time.time() < deadline, f"training processes outlived the cancelled flow run: {trainer_pids()}"

@@ -31,7 +31,14 @@ def completed_checkpoints(out: Path) -> list[int]:
     return [int(p.parent.name[4:]) for p in out.glob("runs/*/ckpt/step*/COMPLETE")]
 
 
-def run_and_kill_at(sweep: Path, out: Path, step: int, env: dict, *flags: str) -> subprocess.CompletedProcess:
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def run_and_kill_at(sweep: Path, out: Path, step: int, env: dict, fired, *flags: str) -> subprocess.CompletedProcess:
     """`scaling run` with the training process group SIGKILLed once a checkpoint at `step` is complete."""
     exe = Path(sys.executable).with_name("scaling")
     proc = subprocess.Popen(
@@ -48,18 +55,23 @@ def run_and_kill_at(sweep: Path, out: Path, step: int, env: dict, *flags: str) -
     pids = trainer_pids()
     assert len(pids) == 1
     os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # the fault: the training process group dies
+    deadline = time.time() + 10
+    while not gone(pids[0]) and time.time() < deadline:
+        time.sleep(0.1)
+    fired(gone(pids[0]), f"SIGKILL of the training process group at step {step}")
     output = proc.communicate(timeout=600)[0].decode()
     return subprocess.CompletedProcess(proc.args, proc.returncode, output)
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_env):
+@pytest.mark.fault("kills")
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_env, fired):
     sweep = tiny_sweep(
         tmp_path, sizes="[t2]", multipliers="[2.0]", checkpoint_interval=10, eval_interval=10, concurrency=1
     )
     out = tmp_path / "out"
     # No retries: this invocation ends with the run failed, and the next one resumes it.
-    run_and_kill_at(sweep, out, 30, prefect_env, "--set", "resources.retries=0")
+    run_and_kill_at(sweep, out, 30, prefect_env, fired, "--set", "resources.retries=0")
 
     sweep_dir = out / "sweeps" / "tiny"
     runs = pq.read_table(sweep_dir / "runs.parquet").to_pandas()
@@ -113,12 +125,14 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_e
 
 
 @pytest.mark.slow
-def test_a_killed_run_is_retried_in_the_same_invocation_and_a_diverged_one_is_not(tmp_path, prefect_env):
+@pytest.mark.fault("kills")
+@pytest.mark.fault("non_finite")
+def test_a_killed_run_is_retried_in_the_same_invocation_and_a_diverged_one_is_not(tmp_path, prefect_env, fired):
     sweep = tiny_sweep(
         tmp_path, sizes="[t2]", multipliers="[2.0]", lrs="[3.0e-3, 1.0e+30]", checkpoint_interval=10, concurrency=1
     )
     out = tmp_path / "out"
-    done = run_and_kill_at(sweep, out, 20, prefect_env, "--set", "resources.retry_delay_s=1")
+    done = run_and_kill_at(sweep, out, 20, prefect_env, fired, "--set", "resources.retry_delay_s=1")
     assert done.returncode == 0, done.stdout[-3000:]
 
     runs = pq.read_table(out / "sweeps" / "tiny" / "runs.parquet").to_pandas().set_index("lr")

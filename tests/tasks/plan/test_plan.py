@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from models.registry import model_config
@@ -67,10 +69,13 @@ def ids(tmp_path, *overrides) -> list[str]:
     return [r.run_id for r in plan(tmp_path, list(overrides)).runs]
 
 
-def test_run_id_follows_the_data_content_not_its_path(tmp_path):
+@pytest.mark.fault("identity", quick=True)
+def test_run_id_follows_the_data_content_not_its_path(tmp_path, fired):
     a = text_corpus(tmp_path / "a")
     same_elsewhere = text_corpus(tmp_path / "copy" / "of-a")
     one_byte_more = text_corpus(tmp_path / "b", extra="!")
+    sizes = [sum(f.stat().st_size for f in Path(d).iterdir()) for d in (a, one_byte_more)]
+    fired(sizes[1] == sizes[0] + 1, "two corpora one byte apart")
     base = ids(tmp_path, "data.source=text", f"data.path={a}")
     assert ids(tmp_path, "data.source=text", f"data.path={same_elsewhere}") == base
     assert not set(ids(tmp_path, "data.source=text", f"data.path={one_byte_more}")) & set(base)

@@ -1,6 +1,7 @@
 """tasks.track.collect: the sweep's tables, with a damaged curve reported, never fatal."""
 
 import pyarrow.parquet as pq
+import pytest
 
 from tasks.config import load_sweep
 from tasks.layout import Layout
@@ -20,12 +21,15 @@ def finished_run(layout, spec, steps=(5, 10, 15, 20)):
     return run
 
 
-def test_a_damaged_curve_makes_its_run_corrupt_and_the_others_collect(tmp_path):
+@pytest.mark.fault("parquet", quick=True)
+def test_a_damaged_curve_makes_its_run_corrupt_and_the_others_collect(tmp_path, fired):
     specs = plan_sweep(load_sweep(tiny_sweep(tmp_path))).runs
     layout = Layout.at(tmp_path / "out")
     sound, damaged = (finished_run(layout, s) for s in specs)
     part = sorted(damaged.curve.glob("part-*.parquet"))[1]
-    part.write_bytes(part.read_bytes()[:-40])  # a torn tail
+    whole = part.read_bytes()
+    part.write_bytes(whole[:-40])  # a torn tail, as a killed writer leaves it
+    fired(part.stat().st_size == len(whole) - 40, f"tore the tail off {part.name}")
     counts = collect(specs, layout, layout.sweep("tiny"))
     assert counts == {"completed": 1, "corrupt": 1}
     runs = pq.read_table(layout.sweep("tiny").runs).to_pandas().set_index("run_id")

@@ -73,7 +73,8 @@ def values(table) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_a_flipped_bit_anywhere_in_a_part_is_caught_or_harmless(tmp_path):
+@pytest.mark.fault("parquet")
+def test_a_flipped_bit_anywhere_in_a_part_is_caught_or_harmless(tmp_path, fired):
     c = three_parts(tmp_path)
     whole = values(read_curve(c.dir))
     part = sorted(c.dir.glob("part-*.parquet"))[1]
@@ -90,10 +91,12 @@ def test_a_flipped_bit_anywhere_in_a_part_is_caught_or_harmless(tmp_path):
         else:
             assert rows == whole, f"byte {i}: a flip changed the rows unseen"
             harmless += 1  # bytes the reader does not use, such as statistics
-    assert caught + harmless == len(original) and caught > harmless
+    fired(caught + harmless == len(original), f"flipped one bit of each of the {len(original)} bytes")
+    assert caught > harmless
 
 
-def test_rows_changed_behind_the_page_checksums_are_caught(tmp_path):
+@pytest.mark.fault("parquet")
+def test_rows_changed_behind_the_page_checksums_are_caught(tmp_path, fired):
     c = three_parts(tmp_path)
     part = sorted(c.dir.glob("part-*.parquet"))[1]
     table = pq.read_table(part)
@@ -101,12 +104,14 @@ def test_rows_changed_behind_the_page_checksums_are_caught(tmp_path):
     changed = table.set_column(table.schema.get_field_index("train_loss"), "train_loss", pa.array([0.5, 0.25]))
     pq.write_table(changed.replace_schema_metadata(table.schema.metadata), part, write_page_checksum=True)
     # The negative control: Parquet's own checks pass the part, with the other values.
-    assert pq.read_table(part, page_checksum_verification=True)["train_loss"].to_pylist() == [0.5, 0.25]
+    seen = pq.read_table(part, page_checksum_verification=True)["train_loss"].to_pylist()
+    fired(seen == [0.5, 0.25], "rewrote a part's losses behind valid page checksums")
     with pytest.raises(CurveDamage, match="its rows do not match the digest written with them"):
         read_curve(c.dir)
 
 
-def test_a_short_or_unreadable_curve_is_named_and_a_stray_temporary_is_not_read(tmp_path):
+@pytest.mark.fault("parquet")
+def test_a_short_or_unreadable_curve_is_named_and_a_stray_temporary_is_not_read(tmp_path, fired):
     c = three_parts(tmp_path)
     assert curve_damage(c.dir, 6) is None  # the negative control: whole, with the rows its run logged
     (c.dir / ".part-000000035.parquet.tmp-1-abc").write_bytes(b"a writer killed mid-write")
@@ -114,6 +119,7 @@ def test_a_short_or_unreadable_curve_is_named_and_a_stray_temporary_is_not_read(
     middle = sorted(c.dir.glob("part-*.parquet"))[1]
     data = middle.read_bytes()
     middle.unlink()
+    fired(not middle.exists(), f"deleted {middle.name}")
     assert curve_damage(c.dir, 6) == "the curve has 4 of the 6 rows its run logged"
     middle.write_bytes(data[: len(data) // 2])
     assert curve_damage(c.dir, 6).startswith(f"curve part {middle.name}: ")

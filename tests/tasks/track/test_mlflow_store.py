@@ -39,10 +39,12 @@ def first_runs(tmp_path, n: int, locked: bool) -> list[str]:
 
 
 @pytest.mark.slow
-def test_eight_first_runs_on_a_fresh_store_all_land(tmp_path):
+@pytest.mark.fault("sqlite", quick=True)
+def test_eight_first_runs_on_a_fresh_store_all_land(tmp_path, fired):
     failures = [e for e in first_runs(tmp_path, 8, locked=True) if e]
     assert failures == []
     # The negative control: opened without the lock, the first writers race to create and migrate the
     # schema (`table ... already exists`, `duplicate column`), and some of them fail.
     raced = [e for e in first_runs(tmp_path, 8, locked=False) if e]
+    fired(raced, f"without the lock, {len(raced)} of 8 first writers failed")
     assert raced and all("sqlalchemy" in e.lower() or "sqlalche.me" in e for e in raced), raced

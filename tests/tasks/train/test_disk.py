@@ -45,9 +45,12 @@ def test_partial_writes_are_cleared_and_sealed_checkpoints_kept(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where, step", [("checkpoint", 8), ("curve", 12)])
+@pytest.mark.fault("disk_full")
+@pytest.mark.parametrize(
+    "where, step", [pytest.param("checkpoint", 8, marks=pytest.mark.fault("disk_full", quick=True)), ("curve", 12)]
+)
 def test_a_full_disk_fails_cleanly_keeps_what_was_committed_and_resumes_once_freed(
-    tmp_path, small_disk, monkeypatch, where, step
+    tmp_path, small_disk, monkeypatch, fired, where, step
 ):
     cfg = load_sweep(tiny_sweep(tmp_path, sizes="[t1]", multipliers="[1.0]", checkpoint_interval=4))
     spec = plan_sweep(cfg).runs[0]
@@ -61,7 +64,11 @@ def test_a_full_disk_fails_cleanly_keeps_what_was_committed_and_resumes_once_fre
     monkeypatch.setenv("SCALING_FAULTS", str(faults))
     run = RunDir(small_disk / spec.run_id)
     failed = train_run(spec, run, cache.dir, 1)
-    assert faults.with_name("faults.json.fired").read_text() == f"fill {where} {step}\n"  # the fault fired
+    record = faults.with_name("faults.json.fired")
+    fired(
+        record.exists() and record.read_text() == f"fill {where} {step}\n",
+        f"filled the disk before the {where} write at step {step}",
+    )
     assert failed.status == "failed" and failed.message.startswith(f"disk full: no space left under {run.path}")
     assert "Traceback" not in run.log.read_text(), run.log.read_text()[-3000:]
     # What was committed before is intact: the checkpoint before and the curve rows up to it.

@@ -40,12 +40,14 @@ def train_until_done(point, name: str, faults: dict, monkeypatch, tries: int = 6
 
 
 @pytest.mark.slow
-def test_killed_at_three_seeded_steps_every_loss_is_the_references_each_step_once(point, monkeypatch):
+@pytest.mark.fault("kills", quick=True)
+def test_killed_at_three_seeded_steps_every_loss_is_the_references_each_step_once(point, monkeypatch, fired):
     spec, _, reference, _ = point
     steps = sorted(random.Random(0).sample(range(2, spec.steps), 3))
     run, launches = train_until_done(point, "killed", {"kill_at": steps}, monkeypatch)
     log = run.log.read_text()
-    assert [f"fault: kill at step {k}" in log for k in steps] == [True] * 3 and launches == 4
+    fired(all(f"fault: kill at step {k}" in log for k in steps), f"SIGKILL at steps {steps}")
+    assert launches == 4
     assert log.count("resumed from step") == 3
     assert losses(run) == reference
 
@@ -57,14 +59,23 @@ def test_killed_at_three_seeded_steps_every_loss_is_the_references_each_step_onc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where, resumed", [("after_shard", 4), ("before_marker", 4), ("after_marker", 8)])
-def test_killed_in_a_checkpoint_save_resumes_from_the_newest_sealed_one(point, monkeypatch, where, resumed):
+@pytest.mark.fault("save_kill")
+@pytest.mark.parametrize(
+    "where, resumed",
+    [
+        pytest.param("after_shard", 4, marks=pytest.mark.fault("save_kill", quick=True)),
+        ("before_marker", 4),
+        ("after_marker", 8),
+    ],
+)
+def test_killed_in_a_checkpoint_save_resumes_from_the_newest_sealed_one(point, monkeypatch, fired, where, resumed):
     spec, cache, reference, tmp = point
     (tmp / f"{where}.json").write_text(json.dumps({"kill_in_save": [8, where]}))
     monkeypatch.setenv("SCALING_FAULTS", str(tmp / f"{where}.json"))
     run = RunDir(tmp / where)
     assert train_run(spec, run, cache.dir, 1).status == "failed"
-    assert f"fault: kill in the checkpoint save at step 8, {where.replace('_', ' ')}" in run.log.read_text()
+    said = f"fault: kill in the checkpoint save at step 8, {where.replace('_', ' ')}"
+    fired(said in run.log.read_text(), said)
     torn = run.ckpt / "step8"
     sealed = (torn / CHECKPOINT_DONE).exists()
     assert sealed == (where == "after_marker")

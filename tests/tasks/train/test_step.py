@@ -37,22 +37,26 @@ def events(run: RunDir) -> list[tuple[int, str, int]]:
     return [(e["step"], e["kind"], e["count"]) for e in read_events(run.events).to_pylist()]
 
 
-@pytest.mark.parametrize("zero_stage", ["0", "1"])
-def test_a_skipped_update_and_a_spike_are_recorded_at_their_steps(train_with, zero_stage):
+@pytest.mark.fault("non_finite")
+@pytest.mark.fault("spike")
+@pytest.mark.parametrize("zero_stage", [pytest.param("0", marks=pytest.mark.fault("spike", quick=True)), "1"])
+def test_a_skipped_update_and_a_spike_are_recorded_at_their_steps(train_with, fired, zero_stage):
     stage = f"train.zero_stage={zero_stage}"
     reference = train_with("reference", {}, stage)
     assert reference.status() == "completed" and events(reference) == []  # the negative control
     run = train_with("faulty", {"inf_grad_at": [6], "nan_loss_at": [9], "spike_at": [13]}, stage)
     log = run.log.read_text()
-    for fired in ("infinite gradients at step 6", "NaN loss at step 9", "loss x10 at step 13"):
-        assert f"fault: {fired}" in log
+    for fault in ("infinite gradients at step 6", "NaN loss at step 9", "loss x10 at step 13"):
+        fired(f"fault: {fault}" in log, fault)
     assert events(run) == [(6, "skipped_update", 1), (9, "skipped_update", 2), (13, "loss_spike", 1)]
     assert run.status() == "completed"  # each one survived: the weights never took a non-finite update
     assert run.read_status()["val_loss"] < 6.0
 
 
-def test_non_finite_from_a_step_on_ends_the_run_diverged(train_with):
+@pytest.mark.fault("non_finite", quick=True)
+def test_non_finite_from_a_step_on_ends_the_run_diverged(train_with, fired):
     run = train_with("diverging", {"nan_from": 7})
+    fired("fault: NaN loss at step 7" in run.log.read_text(), "NaN loss from step 7 on")
     assert run.status() == "diverged"
     assert events(run) == [(s, "skipped_update", s - 6) for s in range(7, 12)]
     assert run.read_status()["step"] == 11
