@@ -167,7 +167,8 @@ def all_server_starts() -> tuple[list[str], list[str]]:
 
 # torch.distributed's TCPStore (the MASTER_PORT store, torchrun's rendezvous) listens on every
 # interface whatever MASTER_ADDR says (seen with `ss -ltn`, torch 2.13). To pass, a process group gets
-# its store passed in (a HashStore for one rank, a TCPStore on a socket bound to 127.0.0.1).
+# its store passed in (a HashStore for one rank, a TCPStore on a socket bound to 127.0.0.1), and a
+# TCPStore that may serve is given that socket (master_listen_fd).
 def distributed_findings(source: str, path: str = "<snippet>") -> list[str]:
     calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call | ast.Constant)]
     return [
@@ -179,7 +180,17 @@ def distributed_findings(source: str, path: str = "<snippet>") -> list[str]:
             and dotted(n.func).split(".")[-1] in {"init_process_group", "init_distributed"}
             and not any(k.arg == "store" for k in n.keywords)
         )
+        or (isinstance(n, ast.Call) and serves_on_its_own_socket(n))
     ]
+
+
+def serves_on_its_own_socket(call: ast.Call) -> bool:
+    """A TCPStore that may be the master (is_master, its 4th argument, not False) and binds its own socket."""
+    if dotted(call.func).split(".")[-1] != "TCPStore" or len(call.args) > 7:  # the 8th: master_listen_fd
+        return False
+    kw = {k.arg: k.value for k in call.keywords}
+    master = call.args[3] if len(call.args) > 3 else kw.get("is_master", ast.Constant(False))
+    return "master_listen_fd" not in kw and not (isinstance(master, ast.Constant) and master.value is False)
 
 
 @pytest.mark.parametrize("checker", [torch_load_findings, unpickling_findings], ids=["rule1", "rule2"])
@@ -195,7 +206,6 @@ def test_rule3_every_server_binds_loopback():
     assert any("tasks/train/launch.py" in s and ".bind(" in s for s in starts), starts
 
 
-@pytest.mark.xfail(strict=True, reason="known: the training process group's TCPStore binds every interface")
 def test_rule3_distributed_store_binds_loopback():
     assert [f for p in python_files(with_tests=True) for f in distributed_findings(p.read_text(), rel(p))] == []
 
@@ -234,6 +244,8 @@ def violations(checker, snippet: str) -> list[str]:
         (bind_findings, 'socket.create_server(("0.0.0.0", 8000))'),
         (distributed_findings, "import deepspeed\ndeepspeed.init_distributed(dist_backend='gloo')"),
         (distributed_findings, 'cmd = [sys.executable, "-m", "torch.distributed.run", "train.py"]'),
+        (distributed_findings, "import torch.distributed as d\nd.TCPStore('127.0.0.1', 0, 2, True)"),
+        (distributed_findings, "from torch.distributed import TCPStore\nTCPStore(h, p, 2, is_master=rank == 0)"),
     ],
 )
 def test_checker_reports_a_violation(checker, bad):
@@ -254,6 +266,11 @@ def test_checker_reports_a_violation(checker, bad):
         (bind_findings, 'HTTPServer(("localhost", 8000), Handler)'),
         (bind_findings, "uvicorn.run(app)"),  # uvicorn.run's default host is 127.0.0.1
         (distributed_findings, "import torch.distributed as d\nd.init_process_group('gloo', store=HashStore())"),
+        (
+            distributed_findings,
+            "import torch.distributed as d\nd.TCPStore('127.0.0.1', p, 2, r == 0, master_listen_fd=fd)",
+        ),
+        (distributed_findings, "import torch.distributed as d\nd.TCPStore('127.0.0.1', p, 2, is_master=False)"),
     ],
 )
 def test_checker_passes_the_safe_form(checker, ok):

@@ -1,8 +1,9 @@
 """Launch: train one run as its own process group, or skip it when it is already finished.
 
-The training itself is `tasks.train.process`, started as a separate process (torchrun for several
-ranks) in a new session, so that cancelling the sweep can end the whole group: Prefect does not
-kill a flow's child processes on cancellation.
+The training itself is `tasks.train.process`, started as a separate process (under tasks.train.ranks for
+several ranks) in a new session, so that cancelling the sweep can end the whole group: Prefect does not
+kill a flow's child processes on cancellation. The process group's store listens on a socket bound here
+to 127.0.0.1, not on torch.distributed's own, which would listen on every interface.
 """
 
 from __future__ import annotations
@@ -72,17 +73,23 @@ def install_stop_handlers() -> None:
         signal.signal(signal.SIGTERM, stop_all)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _store_socket() -> socket.socket:
+    """A socket listening on 127.0.0.1 at a free port, for rank 0 to serve the process group's store on."""
+    s = socket.socket()
+    try:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.listen()  # from now on: the other ranks may connect before rank 0 serves
+    except OSError:
+        s.close()
+        raise
+    return s
 
 
-def _command(spec: RunSpec, run: RunDir, launch: Path) -> list[str]:
-    process = ["-m", "tasks.train.process", str(run.path), str(launch)]
+def _command(spec: RunSpec, run: RunDir, launch: Path, lock_fd: int, store_fd: int) -> list[str]:
+    process = [sys.executable, "-m", "tasks.train.process", str(run.path), str(launch)]
     if spec.ranks == 1:
-        return [sys.executable, *process]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.ranks}", *process]
+        return process
+    return [sys.executable, "-m", "tasks.train.ranks", str(spec.ranks), str(lock_fd), str(store_fd), *process]
 
 
 def _environment(threads: int) -> dict[str, str]:
@@ -92,6 +99,10 @@ def _environment(threads: int) -> dict[str, str]:
     # DeepSpeed JIT-builds a communication op on first use. Keep the build inside this environment:
     # in the shared ~/.cache two checkouts invalidate each other's build and rebuild it (~40 s) per run.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    # Gloo's ranks listen for each other on the address the hostname resolves to, which on many hosts is
+    # not a loopback one: the loopback interface keeps them on 127.0.0.1, unless the user says otherwise.
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap likewise; its ranks share one machine
     return env
 
 
@@ -123,7 +134,7 @@ def train_run(
 ) -> RunResult:
     """Train one run to its end: skip it if finished, resume it if a checkpoint exists. One launcher at a
     time: another one's launch of the same run waits for it (`on_wait` hears of that), then skips."""
-    with run.lock(on_wait) as lock_fd:
+    with run.lock(on_wait) as lock_fd, _store_socket() as store:
         status = run.read_status()
         if status.get("status") in st.FINISHED:
             if (why := run_damage(run, status.get("rows"))) is None:
@@ -132,7 +143,8 @@ def train_run(
         launch = {
             "cache_dir": str(cache_dir),
             "threads": threads,
-            "master_port": _free_port(),
+            "master_port": store.getsockname()[1],
+            "store_fd": store.fileno(),
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
             "launcher_pid": os.getpid(),
@@ -149,14 +161,15 @@ def train_run(
         try:
             with open(run.log, "ab") as logf:
                 proc = subprocess.Popen(
-                    _command(spec, run, launch_file),
+                    _command(spec, run, launch_file, lock_fd, store.fileno()),
                     cwd=ROOT,
                     env=_environment(threads),
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    pass_fds=(lock_fd,),
+                    pass_fds=(lock_fd, store.fileno()),
                 )
+                store.close()  # the training process has its own: rank 0 alone listens
                 message = _wait(proc, timeout_s)
         finally:
             launch_file.unlink(missing_ok=True)
@@ -176,8 +189,8 @@ def train_run(
 
 
 def _disk_full(returncode: int | None, run: RunDir) -> bool:
-    # torchrun reports a rank's exit as its own failure, and a full disk may break the exit itself
-    # (Python exits 120 when it cannot flush the log), so a failed process on a full filesystem counts too.
+    # A full disk may break the exit itself (Python exits 120 when it cannot flush the log), so a failed
+    # process on a full filesystem counts too.
     return returncode == disk.EXIT_DISK_FULL or (returncode != 0 and disk.free_bytes(run.path) < 2**20)
 
 

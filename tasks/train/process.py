@@ -1,6 +1,6 @@
 """The training process of one run: `python -m tasks.train.process RUN_DIR LAUNCH_FILE`.
 
-Started by tasks.train.launch (directly for one rank, through torchrun for several). Reads the run's
+Started by tasks.train.launch (directly for one rank, through tasks.train.ranks for several). Reads the run's
 spec.json (the RunSpec) and its launcher's launch record (where the token cache and MLflow are), trains with a DeepSpeed
 ZeRO engine (fp32 master weights, bf16 autocast, AdamW, warmup + cosine/WSD, clipping), evaluates,
 checkpoints, and writes status.json last:

@@ -108,7 +108,7 @@ def test_sweep_end_to_end_then_rerun_skips_and_adds(tmp_path, prefect_env):
     assert not curves2.duplicated(["run_id", "step"]).any()
 
 
-def test_two_ranks_through_torchrun_with_zero_stage_2(tmp_path, prefect_env):
+def test_two_ranks_with_zero_stage_2(tmp_path, prefect_env):
     out = tmp_path / "out"
     scaling(
         "run",
