@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import steps
+from tasks import crashes, steps
 from tasks.config import ConfigError, ResourcesConfig
 from tasks.data import DataError
 from tasks.layout import Layout
@@ -76,7 +76,7 @@ def scaling_sweep(
         return Failed(message=str(err), data=err)
     # Earlier flow runs of this sweep whose process was killed are set Crashed first; this one is recorded
     # in the sweep's folder while it lives (and, started by a worker, ends with its worker).
-    with steps.flow_run_recorded(layout.sweep(plan.sweep)):
+    with crashes.flow_run_recorded(layout.sweep(plan.sweep)):
         cache = steps.prepare_tokens(cfg, layout)
         tracking = steps.open_tracking(cfg, layout, sweep_file)
 

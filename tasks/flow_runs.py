@@ -4,7 +4,7 @@ started this process, and one on this process by a child of its own that outlive
 
 A SIGKILLed flow process cannot report its end, so Prefect shows its flow run `Running` for good. The next
 invocation of the sweep reads the records, finds the processes that are gone and sets their flow runs
-Crashed (tasks.steps.flow_run_recorded). Plain Python: the Prefect calls are in tasks/steps.py.
+Crashed (tasks.crashes.flow_run_recorded). Plain Python: the Prefect calls are in tasks/crashes.py.
 """
 
 from __future__ import annotations

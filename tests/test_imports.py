@@ -10,7 +10,7 @@ PACKAGES = ("cli", "flows", "tasks", "models", "kernels", "reports")
 
 # Where each outside part may be imported (module names, or package prefixes ending in ".").
 ROOMS = {
-    "prefect": ("flows.", "tasks.steps"),
+    "prefect": ("flows.", "tasks.steps", "tasks.crashes"),
     "deepspeed": ("tasks.train.setup",),
     "mlflow": ("tasks.track.mlflow_store", "tasks.track.mlflow_runs"),
 }
