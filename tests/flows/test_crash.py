@@ -18,6 +18,7 @@ import pytest
 from tasks.flow_runs import FlowRunRecord, is_gone, process_start
 from tests.conftest import ROOT, scaling, tiny_sweep
 from tests.flows.test_deployment import TINY, flow_run_id, free_port, stop_groups
+from tests.flows.test_resume import trainers_of
 
 READ_RUNS = """
 import json
@@ -41,20 +42,6 @@ def prefect_runs(env: dict) -> dict:
     assert p.returncode == 0, p.stderr[-3000:]
     found = json.loads(p.stdout.strip().splitlines()[-1])
     return {"flow_runs": {r["id"]: r for r in found["flow_runs"]}, "task_runs": found["task_runs"]}
-
-
-def trainers_of(out: Path) -> list[int]:
-    """The live training processes of runs under `out` (those of other tests or sessions are not counted)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        try:
-            cmd = (d / "cmdline").read_bytes()
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"tasks.train.process" in cmd and str(out).encode() in cmd and state != "Z":
-            pids.append(int(d.name))
-    return pids
 
 
 def wait_for(what: str, ok, timeout_s: float, proc: subprocess.Popen | None = None, every_s: float = 0.2):

@@ -18,7 +18,7 @@ from tasks.layout import RunDir, complete_checkpoints
 from tasks.track.curves import read_curve
 from tasks.train.resume import damage
 from tests.conftest import ROOT
-from tests.flows.test_resume import trainer_pids
+from tests.flows.test_resume import trainers_of
 
 TINY = {
     "data.tokenizer": "bpe:320",
@@ -152,15 +152,15 @@ def test_cancelling_a_flow_run_during_training_ends_every_training_process(serve
     long = dict(TINY, **{"sizes": ["t3"], "tokens.per_param": 20, "tokens.multipliers": [1.0]})
     started = prefect("deployment", "run", "scaling-sweep/sample", "--param", f"overrides={json.dumps(long)}")
     deadline = time.time() + 300
-    while not trainer_pids():
+    while not trainers_of(out):
         assert time.time() < deadline, "training never started"
         time.sleep(0.5)
-    training = trainer_pids()
+    training = trainers_of(out)
     cancel = prefect("flow-run", "cancel", flow_run_id(started.stdout))
     fired(cancel.returncode == 0 and training, f"cancelled the flow run while {training} trained")
     deadline = time.time() + 120
-    while trainer_pids():
-        assert time.time() < deadline, f"training processes outlived the cancelled flow run: {trainer_pids()}"
+    while trainers_of(out):
+        assert time.time() < deadline, f"training processes outlived the cancelled flow run: {trainers_of(out)}"
         time.sleep(1)
     # What the cancelled run leaves is safe to resume from: each sealed checkpoint matches its manifest
     # (an unsealed one is never loaded), and its curve reads whole, nothing half-written in view.

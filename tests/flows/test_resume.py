@@ -16,14 +16,17 @@ from tasks.train.resume import seal
 from tests.conftest import ROOT, scaling, tiny_sweep
 
 
-def trainer_pids() -> list[int]:
+def trainers_of(out: Path) -> list[int]:
+    """The live training processes of runs under `out` (those of other tests or sessions are not counted)."""
     pids = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and b"tasks.train.process" in (d / "cmdline").read_bytes():
-                pids.append(int(d.name))
+            cmd = (d / "cmdline").read_bytes()
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
-            pass
+            continue
+        if b"tasks.train.process" in cmd and str(out).encode() in cmd and state != "Z":
+            pids.append(int(d.name))
     return pids
 
 
@@ -52,7 +55,7 @@ def run_and_kill_at(sweep: Path, out: Path, step: int, env: dict, fired, *flags:
     while max(completed_checkpoints(out), default=0) < step:
         assert proc.poll() is None and time.time() < deadline, f"no checkpoint at step {step} in time"
         time.sleep(0.2)
-    pids = trainer_pids()
+    pids = trainers_of(out)
     assert len(pids) == 1
     os.killpg(os.getpgid(pids[0]), signal.SIGKILL)  # the fault: the training process group dies
     deadline = time.time() + 10
@@ -64,7 +67,6 @@ def run_and_kill_at(sweep: Path, out: Path, step: int, env: dict, fired, *flags:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("kills")
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, prefect_env, fired):
     sweep = tiny_sweep(
         tmp_path, sizes="[t2]", multipliers="[2.0]", checkpoint_interval=10, eval_interval=10, concurrency=1
