@@ -64,9 +64,8 @@ class Collector:
     def __init__(self, quick: bool, only: str | None):
         self.quick, self.only = quick, only
         self.rows = {name: Row() for name in ROWS}
-        self.unknown: list[str] = []
+        self.problems: list[str] = []  # fault marks that name no row, test files that could not be collected
         self._row_of: dict[str, list[str]] = {}
-        self._fired: dict[str, bool] = {}
 
     def pytest_collection_modifyitems(self, config, items):
         keep, drop = [], []
@@ -74,7 +73,7 @@ class Collector:
             marks = list(item.iter_markers("fault"))  # `fault(row, quick=...)`, on the test or on one of its params
             rows = sorted({r for m in marks for r in m.args if r in ROWS}, key=list(ROWS).index)
             quick = {r for m in marks if m.kwargs.get("quick") for r in m.args}
-            self.unknown += [f"{item.nodeid}: no row {r!r}" for m in marks for r in m.args if r not in ROWS]
+            self.problems += [f"{item.nodeid}: no row {r!r}" for m in marks for r in m.args if r not in ROWS]
             rows = [r for r in rows if (not self.quick or r in quick) and (not self.only or r == self.only)]
             (keep if rows else drop).append(item)
             for r in rows:
@@ -85,19 +84,19 @@ class Collector:
 
     def pytest_collectreport(self, report):
         if report.failed:
-            self.unknown.append(f"{report.nodeid}: could not be collected: {_reason(report)}")
+            self.problems.append(f"{report.nodeid}: could not be collected: {_reason(report)}")
 
     def pytest_runtest_logreport(self, report):
         rows = [self.rows[r] for r in self._row_of.get(report.nodeid, ())]
         records = [ok for key, (ok, _) in (p for p in report.user_properties if p[0] == "fired")]
-        self._fired[report.nodeid] = bool(records) and all(records)  # each report carries the test's records so far
+        fired = bool(records) and all(records)  # each phase's report carries the test's records so far
         for row in rows:
             row.seconds += report.duration
         if report.failed or report.skipped or report.when == "call":
             outcome = "skipped" if report.skipped else report.outcome
             for row in rows:
                 row.outcomes.append(outcome)
-                row.fired.append(self._fired[report.nodeid] and outcome != "skipped")
+                row.fired.append(fired and outcome != "skipped")
                 if outcome != "passed":
                     row.failures.append(f"{report.nodeid} {outcome}: {_reason(report)}")
             print(f"  {outcome:7} {report.duration:6.1f} s  {report.nodeid}", flush=True)
@@ -141,6 +140,6 @@ def run(quick: bool = False, only: str | None = None, list_only: bool = False) -
             print(f"{name}: {ROWS[name]}\n" + "".join(f"  {t}\n" for t in row.tests), end="")
         return 0 if code == 0 and all(r.tests for r in chosen.values()) else 1
     print(f"\n{table(chosen)}\n\nwall time {time.monotonic() - start:.0f} s ({'quick' if quick else 'full'})")
-    for problem in collector.unknown + [f for r in chosen.values() for f in r.failures]:
+    for problem in collector.problems + [f for r in chosen.values() for f in r.failures]:
         print(f"  {problem}", file=sys.stderr)
     return 0 if all(r.outcome() == "pass" for r in chosen.values()) else 1
