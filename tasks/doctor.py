@@ -9,6 +9,7 @@ fired, whether every test passed, and how long it took. `--quick` runs the one t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class Collector:
         self._row_of: dict[str, list[str]] = {}
 
     def pytest_collection_modifyitems(self, config, items):
+        if self._row_of:  # the run after the collection: its items are the tests chosen then
+            return
         keep, drop = [], []
         for item in items:
             marks = list(item.iter_markers("fault"))  # `fault(row, quick=...)`, on the test or on one of its params
@@ -116,7 +119,7 @@ def table(rows: dict[str, Row]) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool = False, only: str | None = None, list_only: bool = False) -> int:
+def run(quick: bool = False, only: str | None = None, list_only: bool = False, workers: int | None = None) -> int:
     """Run the suite (or, with list_only, say what it would run); 0 when every row chosen passes."""
     import pytest
 
@@ -128,18 +131,32 @@ def run(quick: bool = False, only: str | None = None, list_only: bool = False) -
         )
     if only is not None and only not in ROWS:
         raise ValueError(f"--only {only}: not a row; the rows are {', '.join(ROWS)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers {workers}: must be at least 1")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # the tests import each other as `tests.…`
     collector = Collector(quick, only)
-    args = [str(tests), "-o", "addopts=", "-m", "fault", "-p", "no:terminal", "-p", "no:cacheprovider"]
+    args = ["--rootdir", str(ROOT), "-o", "addopts=", "-p", "no:terminal", "-p", "no:cacheprovider"]
     start = time.monotonic()
-    code = pytest.main([*args, "--collect-only"] if list_only else args, plugins=[collector])
+    code = pytest.main([str(tests), "-m", "fault", "--collect-only", *args], plugins=[collector])
     chosen = {n: r for n, r in collector.rows.items() if not only or n == only}
     if list_only:
         for name, row in chosen.items():
             print(f"{name}: {ROWS[name]}\n" + "".join(f"  {t}\n" for t in row.tests), end="")
         return 0 if code == 0 and all(r.tests for r in chosen.values()) else 1
+    picked = sorted({t for r in chosen.values() for t in r.tests})
+    if picked:
+        pytest.main([*picked, *args, *_spread(picked, workers)], plugins=[collector])
     print(f"\n{table(chosen)}\n\nwall time {time.monotonic() - start:.0f} s ({'quick' if quick else 'full'})")
-    for problem in collector.problems + [f for r in chosen.values() for f in r.failures]:
+    for problem in dict.fromkeys(collector.problems + [f for r in chosen.values() for f in r.failures]):
         print(f"  {problem}", file=sys.stderr)
     return 0 if all(r.outcome() == "pass" for r in chosen.values()) else 1
+
+
+def _spread(tests: list[str], workers: int | None) -> list[str]:
+    """pytest-xdist's flags to run the tests on `workers` processes (by default one per CPU), a test file
+    to each in turn, so that a file's shared fixtures (a reference run, a server) are made once. Most of a
+    fault test is one single-threaded training process, or waiting on one, so two run well on two cores."""
+    files = len({t.split("::")[0] for t in tests})
+    n = min(workers or len(os.sched_getaffinity(0)), files)
+    return ["-p", "no:xdist"] if n == 1 else ["-n", str(n), "--dist", "loadfile"]

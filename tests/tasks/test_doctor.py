@@ -2,7 +2,7 @@
 
 import re
 
-from tasks.doctor import ROWS, Row, table
+from tasks.doctor import ROWS, Row, _spread, table
 from tests.conftest import scaling
 
 
@@ -54,3 +54,12 @@ def test_doctor_runs_a_row_and_prints_its_line():
     assert "passed" in done.stdout and "wall time" in done.stdout
     wrong = scaling("doctor", "--only", "nonsense", check=False)
     assert wrong.returncode == 2 and "not a row; the rows are kills, save_kill" in wrong.stderr
+
+
+def test_the_tests_are_spread_over_workers_a_file_to_each():
+    tests = ["tests/a.py::x", "tests/a.py::y[1]", "tests/b.py::z"]
+    assert _spread(tests, 4) == ["-n", "2", "--dist", "loadfile"]  # no more workers than files
+    assert _spread(tests[:2], 4) == ["-p", "no:xdist"]  # one file: no worker processes at all
+    assert _spread(tests, 1) == ["-p", "no:xdist"]
+    wrong = scaling("doctor", "--workers", "0", check=False)
+    assert wrong.returncode == 2 and "--workers 0: must be at least 1" in wrong.stderr
