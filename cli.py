@@ -26,10 +26,11 @@ def cmd_plan(args) -> int:
     from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
     from tasks.layout import Layout
     from tasks.plan import format_plan, plan_sweep
+    from tasks.train.devices import runs_at_once
 
     cfg = load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
     plan, layout = plan_sweep(cfg), Layout.at(args.output)
-    print(format_plan(plan, cfg.resources.concurrency, {r.run_id: layout.run(r.run_id).state() for r in plan.runs}))
+    print(format_plan(plan, runs_at_once(cfg.resources), {r.run_id: layout.run(r.run_id).state() for r in plan.runs}))
     return 0
 
 

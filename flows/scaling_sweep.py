@@ -26,6 +26,7 @@ from tasks.data import DataError
 from tasks.layout import Layout
 from tasks.plan import threads_per_rank
 from tasks.status import FAILED
+from tasks.train.devices import node_gpus, runs_at_once
 from tasks.train.launch import install_stop_handlers
 
 
@@ -41,12 +42,14 @@ class SweepOutcome:
 
 
 @flow(name="train-grid")
-def train_grid(specs: list, layout, cache, tracking, threads: int, resources: ResourcesConfig) -> None:
+def train_grid(specs: list, layout, cache, tracking, threads: int, resources: ResourcesConfig, gpus: list) -> None:
     # Longest first, so that the last slot is not left running one long run alone.
     ordered = sorted(specs, key=lambda s: s.est_wall_s, reverse=True)
     progress = create_progress_artifact(0.0, description=f"0 of {len(specs)} runs")
+    if gpus:
+        steps.ensure_gpu_limit()
     train = steps.train_run.with_options(retries=resources.retries, retry_delay_seconds=resources.retry_delay_s)
-    futures = [train.submit(s, layout, cache, tracking, threads, resources.timeout_s) for s in ordered]
+    futures = [train.submit(s, layout, cache, tracking, threads, resources.timeout_s, gpus) for s in ordered]
     counts: dict[str, int] = {}
     for done, future in enumerate(as_completed(futures), start=1):
         result = future.result(raise_on_failure=False)  # a run failed past its retries: collect reports it
@@ -80,9 +83,10 @@ def scaling_sweep(
         cache = steps.prepare_tokens(cfg, layout)
         tracking = steps.open_tracking(cfg, layout, sweep_file)
 
-        runner = ThreadPoolTaskRunner(max_workers=cfg.resources.concurrency)
+        gpus = node_gpus(cfg.resources.gpus)  # this node's, for its runs; none on a CPU
+        runner = ThreadPoolTaskRunner(max_workers=runs_at_once(cfg.resources, gpus))
         train_grid.with_options(task_runner=runner)(
-            plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources
+            plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources, gpus
         )
 
         sweep_dir, counts = steps.collect_tables(plan, layout)

@@ -6,12 +6,17 @@ pay for importing Prefect.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
 from tasks import fit, plan
@@ -22,7 +27,7 @@ from tasks.layout import Layout, SweepDir
 from tasks.report import report_sweeps
 from tasks.track import collect, mlflow_runs
 from tasks.track.mlflow_runs import Tracking
-from tasks.train import launch
+from tasks.train import devices, launch
 
 
 def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> tuple[Path, SweepConfig, plan.Plan]:
@@ -32,7 +37,7 @@ def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> 
     cfg = load_sweep(sweep_file, overrides)
     p = plan.plan_sweep(cfg)
     states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
-    get_run_logger().info("plan:\n%s", plan.format_plan(p, cfg.resources.concurrency, states))
+    get_run_logger().info("plan:\n%s", plan.format_plan(p, devices.runs_at_once(cfg.resources), states))
     return sweep_file, cfg, p
 
 
@@ -59,25 +64,71 @@ class RunFailed(RuntimeError):
     """A training process that crashed, was killed or ran out of time: the task's retries resume it."""
 
 
+def gpu_limit() -> str:
+    """The name of this node's global concurrency limit: one slot per GPU."""
+    return f"gpus-{socket.gethostname()}"
+
+
+def ensure_gpu_limit() -> None:
+    """Create this node's GPU limit, as many slots as it has GPUs, unless it exists (its size then is the
+    user's: `prefect gcl update`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(gpu_limit())
+        except ObjectNotFound:
+            try:
+                limit = GlobalConcurrencyLimitCreate(name=gpu_limit(), limit=len(devices.visible_gpus()))
+                client.create_global_concurrency_limit(limit)
+            except ObjectAlreadyExists:  # another flow run on this node made it first
+                pass
+
+
+@contextmanager
+def gpus_held(spec: plan.RunSpec, gpus: list[str]) -> Iterator[tuple[str, ...]]:
+    """The run's GPUs for as long as it trains (none on a CPU). Prefect counts the node's GPUs in use,
+    across flow runs and workers, in its global concurrency limit; tasks.train.devices picks free ones."""
+    if not gpus:
+        yield ()
+        return
+    logger = get_run_logger()
+    with concurrency(gpu_limit(), occupy=spec.ranks, strict=True):
+        wait = partial(logger.info, "%s: waiting for %d free GPU(s)", spec.name, spec.ranks)
+        with devices.claim(gpus, spec.ranks, on_wait=wait) as mine:
+            logger.info("%s: on GPU(s) %s", spec.name, ",".join(mine))
+            yield mine
+
+
 @task(cache_policy=NO_CACHE, task_run_name="train-{spec.name}")
 def train_run(
-    spec: plan.RunSpec, layout: Layout, cache: TokenCache, tracking: Tracking, threads: int, timeout_s: float | None
+    spec: plan.RunSpec,
+    layout: Layout,
+    cache: TokenCache,
+    tracking: Tracking,
+    threads: int,
+    timeout_s: float | None,
+    gpus: list[str],
 ) -> launch.RunResult:
     logger = get_run_logger()
     run = layout.run(spec.run_id)
     mlflow_run = None
     if tracking.parent_run_id and run.status() not in st.FINISHED:
         mlflow_run = mlflow_runs.child_run(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec)
-    result = launch.train_run(
-        spec,
-        run,
-        cache.dir,
-        threads,
-        tracking.uri,
-        mlflow_run,
-        timeout_s,
-        on_wait=lambda holder: logger.info("%s: waiting for %s, which is training it", spec.name, holder),
-    )
+    with gpus_held(spec, gpus) as mine:
+        result = launch.train_run(
+            spec,
+            run,
+            cache.dir,
+            threads,
+            tracking.uri,
+            mlflow_run,
+            timeout_s,
+            on_wait=lambda holder: logger.info("%s: waiting for %s, which is training it", spec.name, holder),
+            gpus=mine,
+        )
     # A run trained while the store was down (or in another sweep) is sent now; one already sent is not.
     mlflow_runs.finish_child(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec, run, result.status)
     if result.skipped:

@@ -148,9 +148,11 @@ class ScheduleConfig(_Strict):
 
 class ResourcesConfig(_Strict):
     ranks_per_run: PositiveInt = 1
-    """Data-parallel ranks (GPUs, or CPU processes) for one run."""
-    concurrency: PositiveInt = 1
-    """Runs trained at once."""
+    """Data-parallel ranks for one run: on a GPU node, one GPU each; on a CPU, processes."""
+    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    """The node's GPUs its runs may use, as indexes into the GPUs its worker sees (default: all)."""
+    concurrency: PositiveInt | None = None
+    """Runs trained at once (default: on a GPU node, its GPUs / ranks_per_run; on a CPU, 1)."""
     threads_per_rank: PositiveInt | None = None
     """CPU threads per rank (default: cores / (concurrency x ranks_per_run))."""
     flops_per_s: PositiveFloat | None = None

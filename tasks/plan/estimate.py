@@ -7,6 +7,7 @@ import time
 
 from tasks.config import SweepConfig
 from tasks.plan.spec import Plan
+from tasks.train.devices import runs_at_once
 
 
 def fmt_count(x: float) -> str:
@@ -47,7 +48,7 @@ def threads_per_rank(cfg: SweepConfig) -> int:
     r = cfg.resources
     if r.threads_per_rank:
         return r.threads_per_rank
-    return max(1, (os.cpu_count() or 1) // (r.concurrency * r.ranks_per_run))
+    return max(1, (os.cpu_count() or 1) // (runs_at_once(r) * r.ranks_per_run))
 
 
 def _fmt_s(s: float) -> str:

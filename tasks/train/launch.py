@@ -92,8 +92,10 @@ def _command(spec: RunSpec, run: RunDir, launch: Path, lock_fd: int, store_fd: i
     return [sys.executable, "-m", "tasks.train.ranks", str(spec.ranks), str(lock_fd), str(store_fd), *process]
 
 
-def _environment(threads: int) -> dict[str, str]:
+def _environment(threads: int, gpus: tuple[str, ...]) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if gpus:  # the run's own GPUs (tasks.train.devices): its rank r is cuda:r among them
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     # DeepSpeed JIT-builds a communication op on first use. Keep the build inside this environment:
@@ -131,9 +133,11 @@ def train_run(
     mlflow_run_id: str | None = None,
     timeout_s: float | None = None,
     on_wait: Callable[[str], None] | None = None,
+    gpus: tuple[str, ...] = (),
 ) -> RunResult:
     """Train one run to its end: skip it if finished, resume it if a checkpoint exists. One launcher at a
-    time: another one's launch of the same run waits for it (`on_wait` hears of that), then skips."""
+    time: another one's launch of the same run waits for it (`on_wait` hears of that), then skips. On a GPU
+    node `gpus` are the run's, one per rank (tasks.train.devices.claim)."""
     with run.lock(on_wait) as lock_fd, _store_socket() as store:
         status = run.read_status()
         if status.get("status") in st.FINISHED:
@@ -148,6 +152,7 @@ def train_run(
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
             "launcher_pid": os.getpid(),
+            "gpus": list(gpus),
         }
         try:
             run.clear_status()
@@ -163,7 +168,7 @@ def train_run(
                 proc = subprocess.Popen(
                     _command(spec, run, launch_file, lock_fd, store.fileno()),
                     cwd=ROOT,
-                    env=_environment(threads),
+                    env=_environment(threads, gpus),
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

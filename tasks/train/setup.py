@@ -28,6 +28,7 @@ from tasks.plan import RunSpec
 from tasks.track.curves import CurveLog
 from tasks.track.events import EventLog
 from tasks.track.mlflow_store import MetricSender
+from tasks.train import devices
 from tasks.train.faults import Faults
 from tasks.train.resume import Checkpoints
 
@@ -143,8 +144,8 @@ def watch_launcher(pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _distributed(launch: dict) -> tuple[int, int, str]:
-    """Join the process group (one rank alone when not under tasks.train.ranks); returns (rank, world, device).
+def _distributed(launch: dict) -> tuple[int, int]:
+    """Join the process group (one rank alone when not under tasks.train.ranks); returns (rank, world).
 
     Its store is served by rank 0 on the socket the launcher bound to 127.0.0.1: one that torch.distributed
     made itself would listen on every interface. DeepSpeed then takes the group as it is, and still reads
@@ -166,7 +167,7 @@ def _distributed(launch: dict) -> tuple[int, int, str]:
     )
     backend = get_accelerator().communication_backend_name()
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=default_pg_timeout)
-    return rank, world, get_accelerator().current_device_name()
+    return rank, world
 
 
 def _engine(spec: RunSpec):
@@ -187,11 +188,12 @@ def _engine(spec: RunSpec):
 
 def start(run: RunDir, launch_file: Path) -> Session:
     """Read the run's spec and launch record, join the process group and build the engine, data and logs."""
+    device = devices.set_rank_device(int(os.environ.get("LOCAL_RANK", "0")))  # first: before anything touches a GPU
     spec = RunSpec.from_dict(run.read_spec())
     launch = json.loads(launch_file.read_text())
     watch_launcher(launch["launcher_pid"])
     torch.set_num_threads(launch["threads"])
-    rank, world, device = _distributed(launch)
+    rank, world = _distributed(launch)
     torch.manual_seed(spec.seed)
     engine, sched = _engine(spec)
     dev_type = torch.device(device).type
