@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of PyTorch; on a GPU machine: make sample TORCH=torch==2.13.0 --index-url ...
 TORCH ?= torch==2.13.0
 
-.PHONY: setup browser sample test test-slow
+.PHONY: setup browser postgres sample test test-slow
 
 setup: $(VENV)/.installed
 
@@ -25,11 +25,22 @@ browser:
 		echo "Chromium not found: the report's PDF and browser tests need it (sudo apt-get install -y chromium)"; \
 	fi
 
+# PostgreSQL backs the MLflow tracking server in the slow tests (tests/tasks/track/test_mlflow_server.py),
+# which start it themselves on a loopback port; installed like Chromium, only as root with apt-get.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q postgresql >/dev/null || { apt-get update -q && apt-get install -y -q postgresql >/dev/null; }; \
+	else \
+		echo "PostgreSQL not found: the tracking-server tests need it (sudo apt-get install -y postgresql)"; \
+	fi
+
 sample: setup
 	$(VENV)/bin/scaling run deployments/sweeps/sample.yaml
 
 test: setup browser
 	$(PY) -m pytest
 
-test-slow: setup
+test-slow: setup postgres
 	$(PY) -m pytest -m slow

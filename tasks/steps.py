@@ -50,12 +50,13 @@ def prepare_tokens(cfg: SweepConfig, layout: Layout) -> TokenCache:
 def open_tracking(cfg: SweepConfig, layout: Layout, sweep_file: Path) -> Tracking:
     layout.output.mkdir(parents=True, exist_ok=True)
     tags = {"sweep_file": str(sweep_file), "code_version": plan.CODE_VERSION}
-    tracking = mlflow_runs.open_tracking(layout, cfg.name, cfg.model_dump(mode="json"), tags)
+    uri = mlflow_runs.tracking_uri(cfg.tracking.uri, layout)
+    tracking = mlflow_runs.open_tracking(uri, layout, cfg.name, cfg.model_dump(mode="json"), tags)
     if tracking.parent_run_id is None:
         get_run_logger().warning(
             "MLflow store %s unreachable: training goes on, Parquet records everything, "
             "MLflow is caught up when it answers",
-            layout.mlflow_uri,
+            uri,
         )
     return tracking
 

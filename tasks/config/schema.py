@@ -8,6 +8,7 @@ so that `load_sweep` lists every problem at once.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -243,6 +244,25 @@ Ladder = Annotated[
 ]
 
 
+def _a_store(v: str | None) -> str | None:
+    if v is not None and "://" not in v:
+        raise ValueError(
+            "must be an MLflow tracking URI, e.g. http://mlflow.internal:5000, "
+            "postgresql+psycopg://user@host/mlflow or sqlite:////shared/mlflow.db"
+        )
+    if v is not None and re.match(r"^[^:/]+://[^/@]*:[^/@]*@", v):
+        raise ValueError(
+            "holds a password, which would be copied into the sweep's records and report; "
+            "give it through MLFLOW_TRACKING_PASSWORD (a server) or ~/.pgpass (PostgreSQL)"
+        )
+    return v
+
+
+class TrackingConfig(_Strict):
+    uri: Annotated[str | None, AfterValidator(_a_store)] = None
+    """The MLflow tracking store (default: MLFLOW_TRACKING_URI, else a SQLite file in the output folder)."""
+
+
 class SweepConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     data: DataConfig = DataConfig()
@@ -257,6 +277,7 @@ class SweepConfig(_Strict):
     train: TrainConfig = TrainConfig()
     seeds: list[int] = [0]
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
     fit: FitConfig = FitConfig()
 
     @model_validator(mode="after")

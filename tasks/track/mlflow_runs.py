@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,26 +64,34 @@ def child_params(spec) -> dict[str, str]:
     return {**{k: str(getattr(spec, k)) for k in keys}, "tokens_per_param": f"{spec.tokens / spec.n_params:.3g}"}
 
 
-def open_sweep(uri: str, sweep: str, artifact_root: Path, tags: dict) -> tuple[str, str]:
+def open_sweep(uri: str, sweep: str, artifact_root: Path | None, tags: dict) -> tuple[str, str]:
     """The sweep's experiment (created once, before any training process opens the store) and a new
     parent run for this invocation; returns (experiment_id, parent_run_id). Raises if the store fails."""
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(sweep)
-    exp_id = exp.experiment_id if exp else client.create_experiment(sweep, (artifact_root / sweep).as_uri())
+    where = (artifact_root / sweep).as_uri() if artifact_root else None
+    exp_id = exp.experiment_id if exp else client.create_experiment(sweep, where)
     parent = client.create_run(exp_id, run_name=f"sweep-{sweep}", tags={"sweep": sweep, "kind": "sweep", **tags})
     return exp_id, parent.info.run_id
 
 
-def open_tracking(layout: Layout, sweep: str, config: dict, tags: dict) -> Tracking:
+def tracking_uri(configured: str | None, layout: Layout) -> str:
+    """The sweep's tracking store: `tracking.uri`, else MLFLOW_TRACKING_URI, else the output folder's SQLite file."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or layout.mlflow_uri
+
+
+def open_tracking(uri: str, layout: Layout, sweep: str, config: dict, tags: dict) -> Tracking:
     """The sweep's experiment and a parent run holding the sweep as it runs (sweep.json); a Tracking of
-    Nones, with a warning, when the store does not answer."""
+    Nones, with a warning, when the store does not answer. Artifacts go to the output folder beside a local
+    store; a server keeps its own (its --artifacts-destination, proxied to every node)."""
+    local = uri.startswith(("sqlite:", "file:"))
     try:
-        exp_id, parent = open_sweep(layout.mlflow_uri, sweep, layout.artifacts, tags)
-        mlflow_client(layout.mlflow_uri).log_text(parent, json.dumps(config, indent=1), "sweep.json")
+        exp_id, parent = open_sweep(uri, sweep, layout.artifacts if local else None, tags)
+        mlflow_client(uri).log_text(parent, json.dumps(config, indent=1), "sweep.json")
     except Exception as err:  # noqa: BLE001 -- any failure of the store (HTTP, SQL, MLflow's own) is an outage
-        mark_down(layout.mlflow_uri, "opening the sweep", err)
-        return Tracking(layout.mlflow_uri, None, None)
-    return Tracking(layout.mlflow_uri, exp_id, parent)
+        mark_down(uri, "opening the sweep", err)
+        return Tracking(uri, None, None)
+    return Tracking(uri, exp_id, parent)
 
 
 def child_run(uri: str, experiment_id: str, parent_id: str, spec) -> str | None:

@@ -63,6 +63,9 @@ def test_pile_sweep_is_the_papers_setup():
         (GOOD + "train: {batch_tokens: 100}\n", ["batch_tokens", "multiple of data.seq_len"]),
         (GOOD + "ladder: [{name: x, n_layer: 2, d_model: 66, n_head: 4}]\n", ["ladder[0].n_head", "valid: 1, 2, 3, 6"]),
         (GOOD + "data: {source: hg38, tokenizer: bytes}\n", ["data.tokenizer", "single-nucleotide"]),
+        (GOOD + "tracking: {uri: mlflow.db}\n", ["tracking.uri", "an MLflow tracking URI, e.g. http://"]),
+        (GOOD + "tracking: {uri: 'postgresql://me:pw@db/mlflow'}\n", ["tracking.uri", "holds a password"]),
+        (GOOD + "resources: {gpus: [-1]}\n", ["resources.gpus", "greater than or equal to 0"]),
         (
             GOOD.replace("values", "scale") + "ladder: [{name: x, n_layer: 2, d_model: 64, n_head: 4}]\n",
             ["ladder[0].lr"],

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.layout import RunDir
+from tasks.layout import Layout, RunDir
 from tasks.track import mlflow_store
 from tasks.track.curves import CurveLog
-from tasks.track.mlflow_runs import child_run, finish_child, open_sweep
+from tasks.track.mlflow_runs import child_run, finish_child, open_sweep, open_tracking, tracking_uri
 from tasks.track.mlflow_store import MetricSender
 
 
@@ -181,3 +181,21 @@ def test_a_hanging_store_never_holds_up_training(tmp_path, monkeypatch):
     assert not sender.close(timeout_s=20)  # gave up on the store, within its timeout
     assert sender.failures == 50 and accepted
     server.close()
+
+
+def test_the_store_is_the_sweep_s_else_the_environment_s_else_the_output_folder_s(tmp_path, monkeypatch):
+    layout = Layout.at(tmp_path / "out")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, layout) == f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.internal:5000")
+    assert tracking_uri(None, layout) == "http://tracking.internal:5000"
+    assert tracking_uri("http://other:5000", layout) == "http://other:5000"
+
+
+def test_a_sweep_on_a_store_elsewhere_records_there_not_in_the_output_folder_s(store, tmp_path):
+    layout = Layout.at(tmp_path / "out")
+    tracking = open_tracking(store, layout, "demo", {"name": "demo"}, {})
+    assert tracking.uri == store and tracking.parent_run_id
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_run(tracking.parent_run_id).info.experiment_id == tracking.experiment_id
+    assert not (tmp_path / "out" / "mlflow.db").exists()
