@@ -30,7 +30,8 @@ def cmd_plan(args) -> int:
 
     cfg = load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
     plan, layout = plan_sweep(cfg), Layout.at(args.output)
-    print(format_plan(plan, runs_at_once(cfg.resources), {r.run_id: layout.run(r.run_id).state() for r in plan.runs}))
+    states = {r.run_id: layout.run(r.run_id).state() for r in plan.runs}
+    print(format_plan(plan, runs_at_once(cfg.resources), cfg.resources.mfu, states))
     return 0
 
 

@@ -37,7 +37,9 @@ def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> 
     cfg = load_sweep(sweep_file, overrides)
     p = plan.plan_sweep(cfg)
     states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
-    get_run_logger().info("plan:\n%s", plan.format_plan(p, devices.runs_at_once(cfg.resources), states))
+    get_run_logger().info(
+        "plan:\n%s", plan.format_plan(p, devices.runs_at_once(cfg.resources), cfg.resources.mfu, states)
+    )
     return sweep_file, cfg, p
 
 

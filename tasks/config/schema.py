@@ -159,6 +159,8 @@ class ResourcesConfig(_Strict):
     flops_per_s: PositiveFloat | None = None
     """Achieved training FLOP/s per rank for time estimates (default: a short matmul probe on the CPU,
     or 40% of the GPU's bf16 peak)."""
+    mfu: Annotated[float, Field(gt=0, le=1)] = 0.4
+    """The share of a GPU's dense bf16 peak a run is taken to reach, for the plan's GPU-hours."""
     startup_s: Annotated[float, Field(ge=0)] = 8.0
     """Per-run launch cost added to time estimates (process start, imports, DeepSpeed init: ~8 s on a CPU)."""
     timeout_s: PositiveFloat | None = None

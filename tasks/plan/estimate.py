@@ -6,6 +6,7 @@ import os
 import time
 
 from tasks.config import SweepConfig
+from tasks.plan.gpus import gpu_lines
 from tasks.plan.spec import Plan
 from tasks.train.devices import runs_at_once
 
@@ -61,9 +62,9 @@ def _fmt_s(s: float) -> str:
     return f"{s / 86400:.1f}d"
 
 
-def format_plan(plan: Plan, concurrency: int = 1, states: dict[str, str] | None = None) -> str:
-    """The grid as a fixed-width table, with the sweep's totals; `states` (run_id -> RunDir.state) adds
-    what a run of the sweep would do with each run."""
+def format_plan(plan: Plan, concurrency: int, mfu: float, states: dict[str, str] | None = None) -> str:
+    """The grid as a fixed-width table, with the sweep's totals and its GPU-hours at `mfu`; `states`
+    (run_id -> RunDir.state) adds what a run of the sweep would do with each run."""
     head = [
         "run_id",
         "arch",
@@ -113,4 +114,5 @@ def format_plan(plan: Plan, concurrency: int = 1, states: dict[str, str] | None 
         resuming = sum(s.startswith("resume") for s in states.values())
         new = sum(s == "new" for s in states.values())
         out.append(f"{len(states) - resuming - new} finished (skipped), {resuming} resuming, {new} new")
+    out += gpu_lines(plan, mfu)
     return "\n".join(out)

@@ -54,7 +54,7 @@ def test_budget_smaller_than_one_step_is_rejected(tmp_path):
 
 
 def test_format_plan_has_table_and_totals(tmp_path):
-    text = format_plan(plan(tmp_path, lrs="[1.0e-3, 3.0e-3]"), concurrency=2)
+    text = format_plan(plan(tmp_path, lrs="[1.0e-3, 3.0e-3]"), concurrency=2, mfu=0.4)
     assert "n_params" in text and "nonembed" in text and "4 runs" in text and "concurrency 2" in text
 
 
@@ -101,5 +101,5 @@ def test_plan_says_what_a_run_of_the_sweep_would_do(tmp_path):
     (resuming.ckpt / "step30").mkdir()  # a checkpoint killed before its marker does not count
     states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
     assert [states[r.run_id] for r in p.runs] == ["completed", "resume at step 20", "new"]
-    text = format_plan(p, 1, states)
+    text = format_plan(p, 1, 0.4, states)
     assert "resume at step 20" in text and "1 finished (skipped), 1 resuming, 1 new" in text
