@@ -76,8 +76,12 @@ def train_step(s: Session, step: int) -> tuple[float, float, bool]:
         s.engine.step()
         losses.append(loss.detach())
     norm = s.engine.get_global_grad_norm()
+    loss = torch.stack(losses).mean()
+    if s.world > 1:  # the step's loss is the whole batch's, as one rank alone would have seen it
+        torch.distributed.all_reduce(loss)  # a sum: gloo has no average
+        loss /= s.world
     return (
-        torch.stack(losses).mean().item(),
+        loss.item(),
         float("nan" if norm is None else norm),
         s.engine.skipped_steps > skipped_before,
     )
