@@ -21,7 +21,7 @@ from prefect.logging import get_run_logger
 
 from tasks import fit, plan
 from tasks import status as st
-from tasks.config import SweepConfig, load_sweep, resolve_sweep_path
+from tasks.config import ConfigError, SweepConfig, load_sweep, resolve_sweep_path
 from tasks.data import TokenCache, prepare_data
 from tasks.layout import Layout, SweepDir
 from tasks.report import report_sweeps
@@ -35,6 +35,12 @@ def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> 
     any compute. Plain (not a task), so that bad input fails the flow with its message and no traceback."""
     sweep_file = resolve_sweep_path(sweep)
     cfg = load_sweep(sweep_file, overrides)
+    if cfg.resources.nodes_per_run > 1:
+        raise ConfigError(
+            f"resources.nodes_per_run = {cfg.resources.nodes_per_run}: this flow trains on its own machine, so a "
+            "run over several nodes needs them started on each (python -m tasks.train.node, README: GPUs); "
+            "set 1 here"
+        )
     p = plan.plan_sweep(cfg)
     states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
     get_run_logger().info(
@@ -98,9 +104,9 @@ def gpus_held(spec: plan.RunSpec, gpus: list[str]) -> Iterator[tuple[str, ...]]:
         yield ()
         return
     logger = get_run_logger()
-    with concurrency(gpu_limit(), occupy=spec.ranks, strict=True):
-        wait = partial(logger.info, "%s: waiting for %d free GPU(s)", spec.name, spec.ranks)
-        with devices.claim(gpus, spec.ranks, on_wait=wait) as mine:
+    with concurrency(gpu_limit(), occupy=spec.ranks_per_node, strict=True):
+        wait = partial(logger.info, "%s: waiting for %d free GPU(s)", spec.name, spec.ranks_per_node)
+        with devices.claim(gpus, spec.ranks_per_node, on_wait=wait) as mine:
             logger.info("%s: on GPU(s) %s", spec.name, ",".join(mine))
             yield mine
 

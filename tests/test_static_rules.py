@@ -106,7 +106,7 @@ def unpickling_findings(source: str, path: str = "<snippet>") -> list[str]:
 # (["prefect", "server", "start", "--host", "127.0.0.1"]) reads like the shell command it runs.
 SERVER_COMMANDS = re.compile(
     r"\bprefect server start\b|\bmlflow (server|ui)\b|\bray start\b|\buvicorn\s+[\w.]+:\w+|-m http\.server\b"
-    r"|(^|[\s/])(postgres|pg_ctl|slurmctld|slurmd)(\s|$)"
+    r"|(^|[\s/])(slurmctld|slurmd)(\s|$)|(^|[\s/])postgres\s+-\w|\bpg_ctl\b.*\bstart\b"  # a postgres, not the word
 )
 # The flag each of those takes for its address; a command with none of them gets the tool's default
 # host, which for http.server, ray and slurm is every interface, so the rule wants it said.
@@ -169,18 +169,28 @@ def all_server_starts() -> tuple[list[str], list[str]]:
 # interface whatever MASTER_ADDR says (seen with `ss -ltn`, torch 2.13). To pass, a process group gets
 # its store passed in (a HashStore for one rank, a TCPStore on a socket bound to 127.0.0.1), and a
 # TCPStore that may serve is given that socket (master_listen_fd).
+# A run over several nodes is the user's own setting of otherwise: its rendezvous must be reachable from
+# the other nodes. The line that starts or joins one says so (ACROSS_NODES), in the files that may.
+ACROSS_NODES = "# across nodes:"
+MAY_CROSS_NODES = {"tasks/train/node.py", "tasks/train/setup.py"}
+
+
 def distributed_findings(source: str, path: str = "<snippet>") -> list[str]:
     calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call | ast.Constant)]
+    lines = source.splitlines()
     return [
         f"{path}:{n.lineno}: {ast.unparse(n)}"
         for n in calls
-        if (isinstance(n, ast.Constant) and n.value in {"torch.distributed.run", "torchrun"})  # an argv word
-        or (
-            isinstance(n, ast.Call)
-            and dotted(n.func).split(".")[-1] in {"init_process_group", "init_distributed"}
-            and not any(k.arg == "store" for k in n.keywords)
+        if not (path in MAY_CROSS_NODES and ACROSS_NODES in lines[n.lineno - 1])
+        and (
+            (isinstance(n, ast.Constant) and n.value in {"torch.distributed.run", "torchrun"})  # an argv word
+            or (
+                isinstance(n, ast.Call)
+                and dotted(n.func).split(".")[-1] in {"init_process_group", "init_distributed"}
+                and not any(k.arg == "store" for k in n.keywords)
+            )
+            or (isinstance(n, ast.Call) and serves_on_its_own_socket(n))
         )
-        or (isinstance(n, ast.Call) and serves_on_its_own_socket(n))
     ]
 
 
@@ -238,6 +248,8 @@ def violations(checker, snippet: str) -> list[str]:
         (command_findings, '["prefect", "server", "start", "--host", "0.0.0.0"]'),
         (command_findings, "python -m http.server 8000"),  # http.server's default is every interface
         (command_findings, "ray start --head"),
+        (command_findings, 'pg("pg_ctl", "start", "-D", data)'),  # postgresql.conf's listen_addresses, unseen
+        (command_findings, "/usr/lib/postgresql/15/bin/postgres -D data"),
         (bind_findings, 's.bind(("0.0.0.0", 0))'),
         (bind_findings, 's.bind(("", 0))'),
         (bind_findings, "s.bind((host, 0))"),
@@ -246,6 +258,8 @@ def violations(checker, snippet: str) -> list[str]:
         (distributed_findings, 'cmd = [sys.executable, "-m", "torch.distributed.run", "train.py"]'),
         (distributed_findings, "import torch.distributed as d\nd.TCPStore('127.0.0.1', 0, 2, True)"),
         (distributed_findings, "from torch.distributed import TCPStore\nTCPStore(h, p, 2, is_master=rank == 0)"),
+        # A file outside MAY_CROSS_NODES cannot say a line crosses nodes.
+        (distributed_findings, 'cmd = ["torchrun", "train.py"]  # across nodes: said where it may not be'),
     ],
 )
 def test_checker_reports_a_violation(checker, bad):
@@ -262,6 +276,7 @@ def test_checker_reports_a_violation(checker, bad):
         (command_findings, "prefect server start --host 127.0.0.1"),
         (command_findings, '["mlflow", "ui", "--host=localhost"]'),
         (command_findings, "uvicorn app:app --host $(HOST)"),  # the user's own setting
+        (command_findings, 'pg("pg_ctl", "start", "-D", data, "-o", "-h 127.0.0.1 -p 5433")'),
         (bind_findings, 's.bind(("127.0.0.1", 0))'),
         (bind_findings, 'HTTPServer(("localhost", 8000), Handler)'),
         (bind_findings, "uvicorn.run(app)"),  # uvicorn.run's default host is 127.0.0.1

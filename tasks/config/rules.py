@@ -125,8 +125,9 @@ def _token_budget(v: dict) -> list[Problem]:
 
 
 def _rank_batch(v: dict) -> tuple[int, int]:
-    """data.seq_len x resources.ranks_per_run (one sequence on every rank), and train.batch_tokens, its multiple."""
-    return v["data"]["seq_len"] * v["resources"]["ranks_per_run"], v["train"]["batch_tokens"]
+    """data.seq_len x every rank of a run (one sequence each), and train.batch_tokens, its multiple."""
+    r = v["resources"]
+    return v["data"]["seq_len"] * r["ranks_per_run"] * r["nodes_per_run"], v["train"]["batch_tokens"]
 
 
 def _batch_tokens(v: dict) -> list[Problem]:
@@ -134,7 +135,8 @@ def _batch_tokens(v: dict) -> list[Problem]:
     if tokens % unit == 0:
         return []
     near = [m for m in (tokens // unit * unit, (tokens // unit + 1) * unit) if m > 0]
-    why = f"must be a multiple of data.seq_len x resources.ranks_per_run = {unit}, e.g. {' or '.join(map(str, near))}"
+    ranks = "resources.ranks_per_run" + (" x resources.nodes_per_run" if v["resources"]["nodes_per_run"] > 1 else "")
+    why = f"must be a multiple of data.seq_len x {ranks} = {unit}, e.g. {' or '.join(map(str, near))}"
     return [(("train", "batch_tokens"), f"{tokens} {why}")]
 
 

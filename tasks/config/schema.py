@@ -150,6 +150,9 @@ class ScheduleConfig(_Strict):
 class ResourcesConfig(_Strict):
     ranks_per_run: PositiveInt = 1
     """Data-parallel ranks for one run: on a GPU node, one GPU each; on a CPU, processes."""
+    nodes_per_run: PositiveInt = 1
+    """Nodes one run spans, each with ranks_per_run ranks, joined by torchrun's c10d rendezvous
+    (`python -m tasks.train.node` on each; a cluster executor starts them)."""
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     """The node's GPUs its runs may use, as indexes into the GPUs its worker sees (default: all)."""
     concurrency: PositiveInt | None = None

@@ -21,7 +21,8 @@ def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
     vocab = vocab_size_for(cfg.data)
     fps = flops_per_s or cfg.resources.flops_per_s or measure_flops_per_s(threads_per_rank(cfg))
     sizes = [s for s in cfg.size_ladder() if cfg.sizes is None or s.name in cfg.sizes]
-    seqs_per_rank = cfg.train.batch_tokens // cfg.data.seq_len // cfg.resources.ranks_per_run
+    world = cfg.resources.ranks_per_run * cfg.resources.nodes_per_run
+    seqs_per_rank = cfg.train.batch_tokens // cfg.data.seq_len // world
     micro = cfg.train.micro_batch_size or seqs_per_rank
     data = {**data_identity(cfg.data), "seq_len": cfg.data.seq_len}
     runs = []
@@ -52,6 +53,7 @@ def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
 
 
 def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, data, fps) -> RunSpec:
+    world = cfg.resources.ranks_per_run * cfg.resources.nodes_per_run
     fpt = mcfg.flops_per_token(cfg.data.seq_len)
     schedule = cfg.schedule.model_dump()
     optimizer = {**cfg.optimizer.model_dump(), "betas": list(cfg.optimizer.betas)}
@@ -66,12 +68,13 @@ def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, 
         "optimizer": optimizer,
         "precision": cfg.train.precision,
         # DeepSpeed's checkpoints hold for one world size and ZeRO partitioning: other ones are another run.
-        "ranks": cfg.resources.ranks_per_run,
+        # How the ranks sit on nodes is not in it: 2 nodes of 1 rank resume what 1 node of 2 ranks saved.
+        "ranks": world,
         "zero_stage": cfg.train.zero_stage,
         "data": data,
     }
     flops = fpt * tokens
-    est = cfg.resources.startup_s + flops / (fps * cfg.resources.ranks_per_run)
+    est = cfg.resources.startup_s + flops / (fps * world)
     return RunSpec(
         sweep=cfg.name,
         run_id=run_id_of(content),
@@ -93,7 +96,7 @@ def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, 
         batch_tokens=cfg.train.batch_tokens,
         micro_batch_size=micro,
         grad_accum=seqs_per_rank // micro,
-        ranks=cfg.resources.ranks_per_run,
+        ranks=world,
         warmup_steps=int(cfg.schedule.warmup_fraction * steps),
         schedule=schedule,
         optimizer=optimizer,
@@ -105,4 +108,5 @@ def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, 
         val_tokens=cfg.data.val_tokens,
         data=data,
         est_wall_s=est,
+        nodes=cfg.resources.nodes_per_run,
     )

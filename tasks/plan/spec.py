@@ -54,6 +54,12 @@ class RunSpec:
     data: dict
     """The data's identity by content, never a path (tasks.data.identity), and seq_len."""
     est_wall_s: float
+    nodes: int = 1
+    """Nodes the run's `ranks` are spread over, ranks // nodes on each."""
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.ranks // self.nodes
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

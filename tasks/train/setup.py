@@ -145,17 +145,22 @@ def watch_launcher(pid: int) -> None:
 
 
 def _distributed(launch: dict) -> tuple[int, int]:
-    """Join the process group (one rank alone when not under tasks.train.ranks); returns (rank, world).
+    """Join the process group (one rank alone when not under tasks.train.ranks or tasks.train.node); returns
+    (rank, world).
 
     Its store is served by rank 0 on the socket the launcher bound to 127.0.0.1: one that torch.distributed
     made itself would listen on every interface. DeepSpeed then takes the group as it is, and still reads
     the rank variables (and names its shared-memory op after MASTER_ADDR and MASTER_PORT)."""
-    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("MASTER_PORT", str(launch["master_port"]))
     from deepspeed.accelerator import get_accelerator
     from deepspeed.constants import default_pg_timeout
 
+    backend = get_accelerator().communication_backend_name()
+    if launch["store_fd"] is None:  # one node of several, under torchrun: its rendezvous set MASTER_ADDR and PORT
+        torch.distributed.init_process_group(backend, timeout=default_pg_timeout)  # across nodes: torchrun's store
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(launch["master_port"]))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     store = torch.distributed.TCPStore(
         "127.0.0.1",
@@ -165,7 +170,6 @@ def _distributed(launch: dict) -> tuple[int, int]:
         timeout=default_pg_timeout,
         master_listen_fd=launch["store_fd"] if rank == 0 else None,
     )
-    backend = get_accelerator().communication_backend_name()
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=default_pg_timeout)
     return rank, world
 

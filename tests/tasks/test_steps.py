@@ -24,7 +24,7 @@ devices.visible_gpus = lambda: NODE
 
 @task
 def hold(i):
-    spec = SimpleNamespace(name=f"run{i}", ranks=2)
+    spec = SimpleNamespace(name=f"run{i}", ranks_per_node=2)
     with steps.gpus_held(spec, NODE) as group:
         t0, taken = time.time(), []
         with get_client(sync_client=True) as c:

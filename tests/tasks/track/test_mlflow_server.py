@@ -1,5 +1,6 @@
-"""Tracking at cluster scale: a real `mlflow server` backed by PostgreSQL (Debian's, started here on a loopback
-port in a temporary data folder), trainers logging to it over HTTP, and a sweep whose `tracking.uri` names it."""
+"""Tracking at cluster scale: MLflow's real tracking server on a PostgreSQL store (Debian's, started here on a
+loopback port in a temporary data folder), trainers logging to it over HTTP, and a sweep whose `tracking.uri`
+names it."""
 
 import glob
 import json
@@ -53,8 +54,7 @@ def postgres():
         subprocess.run([*as_user, str(bin_dir / tool), *args], check=True, capture_output=True, timeout=120)
 
     pg("initdb", "-D", str(data), "--auth=trust", "--username=mlflow", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {home} -c fsync=off"
-    pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(home / "postgres.log"), "-w", "start")
+    pg("pg_ctl", "start", "-w", "-D", str(data), "-l", str(home / "log"), "-o", f"-h 127.0.0.1 -p {port} -k {home}")
     try:
         import psycopg
 
@@ -68,7 +68,7 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
-    """`mlflow server` on the PostgreSQL store, proxying artifacts; yields its http:// URI."""
+    """MLflow's tracking server on the PostgreSQL store, proxying artifacts; yields its http:// URI."""
     tmp = tmp_path_factory.mktemp("mlflow-pg")
     port = free_port()
     argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
