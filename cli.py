@@ -25,12 +25,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 def cmd_plan(args) -> int:
     from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
     from tasks.layout import Layout
-    from tasks.plan import format_plan, plan_sweep
+    from tasks.plan import format_plan, plan_sweep, run_states
     from tasks.train.devices import runs_at_once
 
     cfg = load_sweep(resolve_sweep_path(args.config), parse_overrides(args.set))
     plan, layout = plan_sweep(cfg), Layout.at(args.output)
-    states = {r.run_id: layout.run(r.run_id).state() for r in plan.runs}
+    states = run_states(plan, layout)
     print(format_plan(plan, runs_at_once(cfg.resources), cfg.resources.mfu, states))
     return 0
 

@@ -42,7 +42,7 @@ def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> 
             "set 1 here"
         )
     p = plan.plan_sweep(cfg)
-    states = {r.run_id: layout.run(r.run_id).state() for r in p.runs}
+    states = plan.run_states(p, layout)
     get_run_logger().info(
         "plan:\n%s", plan.format_plan(p, devices.runs_at_once(cfg.resources), cfg.resources.mfu, states)
     )

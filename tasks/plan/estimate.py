@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 from tasks.config import SweepConfig
+from tasks.layout import Layout
 from tasks.plan.gpus import gpu_lines
 from tasks.plan.spec import Plan
 from tasks.train.devices import runs_at_once
@@ -62,6 +64,24 @@ def _fmt_s(s: float) -> str:
     return f"{s / 86400:.1f}d"
 
 
+def run_states(plan: Plan, layout: Layout) -> dict[str, str]:
+    """run_id -> what a run of the sweep would do with it (RunDir.state). A new run whose point was trained
+    at another world size says so: DeepSpeed's checkpoints hold for one, so that progress is not resumed."""
+    states = {r.run_id: layout.run(r.run_id).state() for r in plan.runs}
+    new = {r.name: r for r in plan.runs if states[r.run_id] == "new"}
+    for spec_file in layout.runs.glob("*/spec.json") if new and layout.runs.is_dir() else ():
+        try:
+            other = json.loads(spec_file.read_text())
+        except (OSError, ValueError):
+            continue
+        r = new.get(other.get("name"))
+        if r and other.get("sweep") == r.sweep and other.get("ranks") != r.ranks:
+            was = layout.run(spec_file.parent.name).state()
+            if was != "new":
+                states[r.run_id] = f"new: {was} at {other['ranks']} ranks is another run, not resumed at {r.ranks}"
+    return states
+
+
 def format_plan(plan: Plan, concurrency: int, mfu: float, states: dict[str, str] | None = None) -> str:
     """The grid as a fixed-width table, with the sweep's totals and its GPU-hours at `mfu`; `states`
     (run_id -> RunDir.state) adds what a run of the sweep would do with each run."""
@@ -112,7 +132,7 @@ def format_plan(plan: Plan, concurrency: int, mfu: float, states: dict[str, str]
     )
     if states:
         resuming = sum(s.startswith("resume") for s in states.values())
-        new = sum(s == "new" for s in states.values())
+        new = sum(s.startswith("new") for s in states.values())
         out.append(f"{len(states) - resuming - new} finished (skipped), {resuming} resuming, {new} new")
     out += gpu_lines(plan, mfu)
     return "\n".join(out)

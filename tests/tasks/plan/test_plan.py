@@ -5,7 +5,7 @@ import pytest
 from models.registry import model_config
 from tasks.config import ConfigError, load_sweep, parse_overrides
 from tasks.layout import CHECKPOINT_DONE, Layout
-from tasks.plan import format_plan, plan_sweep
+from tasks.plan import format_plan, plan_sweep, run_states
 from tests.conftest import tiny_sweep
 
 
@@ -103,3 +103,19 @@ def test_plan_says_what_a_run_of_the_sweep_would_do(tmp_path):
     assert [states[r.run_id] for r in p.runs] == ["completed", "resume at step 20", "new"]
     text = format_plan(p, 1, 0.4, states)
     assert "resume at step 20" in text and "1 finished (skipped), 1 resuming, 1 new" in text
+
+
+def test_a_point_trained_at_another_world_size_is_named_not_resumed(tmp_path):
+    layout = Layout.at(tmp_path / "out")
+    [one] = plan(tmp_path, sizes="[t1]").runs
+    old = layout.run(one.run_id)
+    old.write_spec(one.to_dict())
+    (old.ckpt / "step20").mkdir(parents=True)
+    (old.ckpt / "step20" / CHECKPOINT_DONE).write_text("20")
+    p = plan(tmp_path, ["resources.ranks_per_run=2"], sizes="[t1]")
+    [two] = p.runs
+    states = run_states(p, layout)
+    assert states[two.run_id] == "new: resume at step 20 at 1 ranks is another run, not resumed at 2"
+    assert "0 finished (skipped), 0 resuming, 1 new" in format_plan(p, 1, 0.4, states)
+    # The negative control: at its own world size the point resumes.
+    assert run_states(plan(tmp_path, sizes="[t1]"), layout) == {one.run_id: "resume at step 20"}
