@@ -39,8 +39,11 @@ postgres:
 sample: setup
 	$(VENV)/bin/scaling run deployments/sweeps/sample.yaml
 
+# One pytest-xdist worker per CPU (at most 4), a test file to each, so a file's shared fixtures are made once.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-slow: setup postgres
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow $(XDIST)
