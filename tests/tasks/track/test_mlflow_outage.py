@@ -151,14 +151,14 @@ def server(tmp_path_factory):
     with open(tmp / "server.log", "wb") as log:
         proc = subprocess.Popen([*argv, *store], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}/health", proc, tmp / "server.log")
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, tmp / "server.log")
         yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it starts
         proc.wait(timeout=30)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, log) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:

@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, scaling, tiny_sweep
+from tests.tasks.track.test_mlflow_outage import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -77,14 +76,7 @@ def server(postgres, tmp_path_factory):
     with open(tmp / "server.log", "wb") as log:
         proc = subprocess.Popen([*argv, *store], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, tmp / "server.log")
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
