@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tasks.config.partial import partial_fields, section_model
 from tasks.config.rules import Loc, Problem, cross_field_problems, problem_line
-from tasks.config.schema import FitConfig, SizeConfig, SweepConfig, partial_fields, section_model
+from tasks.config.schema import FitConfig, SizeConfig, SweepConfig
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -7,7 +7,6 @@ so that `load_sweep` lists every problem at once.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Annotated, Any, Literal
 
@@ -18,8 +17,6 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    TypeAdapter,
-    ValidationError,
     model_validator,
 )
 
@@ -294,38 +291,3 @@ class SweepConfig(_Strict):
         if isinstance(self.ladder, str):
             return [SizeConfig(**s) for s in LADDERS[self.ladder]]
         return list(self.ladder)
-
-
-@functools.cache
-def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
-    field = model.model_fields[name]
-    return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
-
-
-def section_model(model: type[BaseModel], name: str) -> type[_Strict] | None:
-    annotation = model.model_fields[name].annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, _Strict) else None
-
-
-def partial_fields(model: type[_Strict], raw: Any) -> dict[str, Any]:
-    """`raw`'s fields validated one by one, defaults for those absent, the invalid ones left out: the values the
-    cross-field rules read when the model as a whole is invalid. Sections and an inline ladder's sizes recurse,
-    so one bad field leaves out only itself."""
-    if not isinstance(raw, dict):
-        return {}
-    raw = model.derived_defaults(raw)
-    out: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        if name not in raw and field.is_required():
-            continue
-        value = raw[name] if name in raw else field.get_default(call_default_factory=True)
-        if (section := section_model(model, name)) is not None:
-            out[name] = partial_fields(section, raw.get(name, {}))
-        elif model is SweepConfig and name == "ladder" and isinstance(value, list):
-            out[name] = [partial_fields(SizeConfig, s) for s in value]
-        else:
-            try:
-                out[name] = _field_adapter(model, name).validate_python(value)
-            except ValidationError:
-                continue
-    return out

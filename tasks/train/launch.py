@@ -92,7 +92,7 @@ def _command(spec: RunSpec, run: RunDir, launch: Path, lock_fd: int, store_fd: i
     return [sys.executable, "-m", "tasks.train.ranks", str(spec.ranks), str(lock_fd), str(store_fd), *process]
 
 
-def _environment(threads: int, gpus: tuple[str, ...]) -> dict[str, str]:
+def environment(threads: int, gpus: tuple[str, ...]) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if gpus:  # the run's own GPUs (tasks.train.devices): its rank r is cuda:r among them
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -168,7 +168,7 @@ def train_run(
                 proc = subprocess.Popen(
                     _command(spec, run, launch_file, lock_fd, store.fileno()),
                     cwd=ROOT,
-                    env=_environment(threads, gpus),
+                    env=environment(threads, gpus),
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

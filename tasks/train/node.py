@@ -26,7 +26,7 @@ from pathlib import Path
 from tasks import status as st
 from tasks.layout import RunDir
 from tasks.plan import RunSpec
-from tasks.train.launch import ROOT, _environment
+from tasks.train.launch import ROOT, environment
 
 
 def command(spec: RunSpec, run: RunDir, launch_file: Path, endpoint: str) -> list[str]:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.call(
                 command(spec, run, launch_file, args.rdzv_endpoint),
                 cwd=ROOT,
-                env=_environment(args.threads, ()),
+                env=environment(args.threads, ()),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -145,7 +145,7 @@ def setup_calls(tmp_path, order: str) -> dict:
     from tasks.data import prepare_data
     from tasks.layout import RunDir
     from tasks.plan import plan_sweep
-    from tasks.train.launch import _environment, _store_socket
+    from tasks.train.launch import _store_socket, environment
 
     cfg = load_sweep(tiny_sweep(tmp_path, sizes="[t1]"))
     spec = plan_sweep(cfg).runs[0]
@@ -155,7 +155,7 @@ def setup_calls(tmp_path, order: str) -> dict:
         launch = {"cache_dir": str(prepare_data(cfg.data, tmp_path / "data").dir), "threads": 1}
         launch |= {"master_port": store.getsockname()[1], "store_fd": store.fileno(), "launcher_pid": 1}
         launch_file = run.write_launch(launch)
-        env = _environment(1, ()) | {"LOCAL_RANK": "3"}
+        env = environment(1, ()) | {"LOCAL_RANK": "3"}
         p = subprocess.run(
             [sys.executable, "-c", SETUP, str(run.path), str(launch_file), order],
             cwd=ROOT,
@@ -185,11 +185,11 @@ def test_each_rank_binds_its_gpu_before_anything_touches_a_device(tmp_path):
 
 
 def test_a_run_s_training_process_sees_only_its_gpus(monkeypatch):
-    from tasks.train.launch import _environment
+    from tasks.train.launch import environment
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert _environment(1, ("2", "3"))["CUDA_VISIBLE_DEVICES"] == "2,3"
-    assert "CUDA_VISIBLE_DEVICES" not in _environment(1, ())  # a CPU run: nothing to narrow
+    assert environment(1, ("2", "3"))["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "CUDA_VISIBLE_DEVICES" not in environment(1, ())  # a CPU run: nothing to narrow
 
 
 def test_cpu_machines_keep_cpu_ranks():
