@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of PyTorch; on a GPU machine: make sample TORCH=torch==2.13.0 --index-url ...
 TORCH ?= torch==2.13.0
 
-.PHONY: setup browser postgres sample test test-slow
+.PHONY: setup browser postgres slurm sample test test-slow
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,17 @@ postgres:
 		echo "PostgreSQL not found: the tracking-server tests need it (sudo apt-get install -y postgresql)"; \
 	fi
 
+# Slurm (slurm-wlm, munge) for the Slurm executor's tests (tests/tasks/cluster), which start its daemons
+# themselves in a loopback-only network namespace (iproute2's ip, util-linux's nsenter); root only.
+slurm:
+	@command -v sbatch >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q slurm-wlm munge iproute2 >/dev/null || { apt-get update -q && apt-get install -y -q slurm-wlm munge iproute2 >/dev/null; }; \
+	else \
+		echo "Slurm not found: the Slurm executor's tests need it (sudo apt-get install -y slurm-wlm munge)"; \
+	fi
+
 sample: setup
 	$(VENV)/bin/scaling run deployments/sweeps/sample.yaml
 
@@ -45,5 +56,5 @@ XDIST := -n auto --maxprocesses 4 --dist loadfile
 test: setup browser
 	$(PY) -m pytest $(XDIST)
 
-test-slow: setup postgres
+test-slow: setup postgres slurm
 	$(PY) -m pytest -m slow $(XDIST)

@@ -18,15 +18,14 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.states import Failed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import crashes, steps
-from tasks.config import ConfigError, ResourcesConfig
+from tasks.cluster import executors
+from tasks.config import ConfigError, SweepConfig
 from tasks.data import DataError
 from tasks.layout import Layout
-from tasks.plan import threads_per_rank
 from tasks.status import FAILED
-from tasks.train.devices import node_gpus, runs_at_once
+from tasks.train.devices import node_gpus
 from tasks.train.launch import install_stop_handlers
 
 
@@ -42,14 +41,17 @@ class SweepOutcome:
 
 
 @flow(name="train-grid")
-def train_grid(specs: list, layout, cache, tracking, threads: int, resources: ResourcesConfig, gpus: list) -> None:
+def train_grid(specs: list, layout, cache, tracking, cfg: SweepConfig, gpus: list) -> None:
     # Longest first, so that the last slot is not left running one long run alone.
+    install_stop_handlers()  # Prefect's handler for this subflow would wait for the runs to end
     ordered = sorted(specs, key=lambda s: s.est_wall_s, reverse=True)
     progress = create_progress_artifact(0.0, description=f"0 of {len(specs)} runs")
     if gpus:
         steps.ensure_gpu_limit()
-    train = steps.train_run.with_options(retries=resources.retries, retry_delay_seconds=resources.retry_delay_s)
-    futures = [train.submit(s, layout, cache, tracking, threads, resources.timeout_s, gpus) for s in ordered]
+    r, threads = cfg.resources, executors.threads(cfg)
+    train = steps.train_run.with_options(retries=r.retries, retry_delay_seconds=r.retry_delay_s)
+    with executors.run_options(cfg):
+        futures = [train.submit(s, layout, cache, tracking, threads, r, cfg.cluster, gpus) for s in ordered]
     counts: dict[str, int] = {}
     for done, future in enumerate(as_completed(futures), start=1):
         result = future.result(raise_on_failure=False)  # a run failed past its retries: collect reports it
@@ -83,11 +85,10 @@ def scaling_sweep(
         cache = steps.prepare_tokens(cfg, layout)
         tracking = steps.open_tracking(cfg, layout, sweep_file)
 
-        gpus = node_gpus(cfg.resources.gpus)  # this node's, for its runs; none on a CPU
-        runner = ThreadPoolTaskRunner(max_workers=runs_at_once(cfg.resources, gpus))
-        train_grid.with_options(task_runner=runner)(
-            plan.runs, layout, cache, tracking, threads_per_rank(cfg), cfg.resources, gpus
-        )
+        # This node's GPUs, for its runs (none on a CPU); elsewhere the executor's engine places them.
+        gpus = node_gpus(cfg.resources.gpus) if cfg.resources.executor == "local" else []
+        runner = executors.task_runner(cfg, len(plan.runs), gpus)
+        train_grid.with_options(task_runner=runner)(plan.runs, layout, cache, tracking, cfg, gpus)
 
         sweep_dir, counts = steps.collect_tables(plan, layout)
         tracking = steps.sync_tracking(plan, cfg, layout, tracking, sweep_file)

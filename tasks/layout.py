@@ -93,6 +93,10 @@ class RunDir:
     log = property(lambda self: self.path / "train.log")
     synced = property(lambda self: self.path / "mlflow.json")
     """What of the run reached which MLflow store (tasks.track.mlflow_runs)."""
+    slurm_job = property(lambda self: self.path / "slurm.json")
+    """The run's Slurm job: its id and the requeues its task has seen (tasks.cluster.slurm)."""
+    slurm_logs = property(lambda self: self.path / "slurm")
+    """submitit's folder for the run's jobs: the pickled job, its result and the job's own output."""
 
     def read_spec(self) -> dict:
         return json.loads(self.spec.read_text())

@@ -7,7 +7,7 @@ pay for importing Prefect.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -17,11 +17,14 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from tasks import fit, plan
 from tasks import status as st
-from tasks.config import ConfigError, SweepConfig, load_sweep, resolve_sweep_path
+from tasks.cluster import executors, slurm
+from tasks.config import ResourcesConfig, SweepConfig, load_sweep, resolve_sweep_path
+from tasks.config.cluster import ClusterConfig
 from tasks.data import TokenCache, prepare_data
 from tasks.layout import Layout, SweepDir
 from tasks.report import report_sweeps
@@ -35,12 +38,7 @@ def read_sweep(sweep: str, overrides: dict[str, Any] | None, layout: Layout) -> 
     any compute. Plain (not a task), so that bad input fails the flow with its message and no traceback."""
     sweep_file = resolve_sweep_path(sweep)
     cfg = load_sweep(sweep_file, overrides)
-    if cfg.resources.nodes_per_run > 1:
-        raise ConfigError(
-            f"resources.nodes_per_run = {cfg.resources.nodes_per_run}: this flow trains on its own machine, so a "
-            "run over several nodes needs them started on each (python -m tasks.train.node, README: GPUs); "
-            "set 1 here"
-        )
+    executors.check(cfg)
     p = plan.plan_sweep(cfg)
     states = plan.run_states(p, layout)
     get_run_logger().info(
@@ -118,7 +116,8 @@ def train_run(
     cache: TokenCache,
     tracking: Tracking,
     threads: int,
-    timeout_s: float | None,
+    resources: ResourcesConfig,
+    cluster: ClusterConfig,
     gpus: list[str],
 ) -> launch.RunResult:
     logger = get_run_logger()
@@ -126,18 +125,13 @@ def train_run(
     mlflow_run = None
     if tracking.parent_run_id and run.status() not in st.FINISHED:
         mlflow_run = mlflow_runs.child_run(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec)
-    with gpus_held(spec, gpus) as mine:
-        result = launch.train_run(
-            spec,
-            run,
-            cache.dir,
-            threads,
-            tracking.uri,
-            mlflow_run,
-            timeout_s,
-            on_wait=lambda holder: logger.info("%s: waiting for %s, which is training it", spec.name, holder),
-            gpus=mine,
-        )
+    args = (spec, run, cache.dir, threads, tracking.uri, mlflow_run, resources.timeout_s)
+    if resources.executor == "slurm":
+        result = slurm.train_run(*args, cluster.slurm, resources.retries, on_requeue=_requeued(spec, resources))
+    else:  # here, or in the Ray task that holds the run's resources (Ray set its CUDA_VISIBLE_DEVICES)
+        with gpus_held(spec, gpus) as mine:
+            waiting = partial(logger.info, "%s: waiting for %s, which is training it", spec.name)
+            result = launch.train_run(*args, on_wait=waiting, gpus=mine)
     # A run trained while the store was down (or in another sweep) is sent now; one already sent is not.
     mlflow_runs.finish_child(tracking.uri, tracking.experiment_id, tracking.parent_run_id, spec, run, result.status)
     if result.skipped:
@@ -148,6 +142,18 @@ def train_run(
     if result.status == st.FAILED and not launch.stopping():
         raise RunFailed(f"{spec.name}: {result.message}")  # Prefect retries it (resources.retries)
     return result
+
+
+def _requeued(spec: plan.RunSpec, resources: ResourcesConfig) -> Callable[[str], None]:
+    """A requeue of the run's Slurm job ends this try, so that Prefect records a retry, while retries are left;
+    the next try waits on the same job. Past them the task waits on: the job still runs."""
+
+    def on_requeue(why: str) -> None:
+        if TaskRunContext.get().task_run.run_count <= resources.retries:
+            raise RunFailed(f"{spec.name}: {why}")
+        get_run_logger().warning("%s: %s (no retry left to record it; still waiting on it)", spec.name, why)
+
+    return on_requeue
 
 
 @task(cache_policy=NO_CACHE)
@@ -217,5 +223,6 @@ def _artifact_key(name: str) -> str:
 
 
 def stop_training_processes(flow, flow_run, state) -> None:
-    """Flow hook for cancellation and crashes: end every training process group this process started."""
+    """Flow hook for cancellation and crashes: end every training process group this process started, and
+    cancel the Slurm jobs it waits on."""
     launch.stop_all()

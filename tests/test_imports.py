@@ -1,5 +1,5 @@
 """Imports run one way (deployments -> flows -> tasks -> models, kernels, reports) with no cycles, and each
-heavy part stays in its room: Prefect in flows/ and the task faces, DeepSpeed in the training process,
+heavy part stays in its room: Prefect in flows/, the task faces and the executors, DeepSpeed in the training process,
 MLflow in the tracking modules. Read from the sources, so nothing is imported to check it."""
 
 import ast
@@ -10,7 +10,7 @@ PACKAGES = ("cli", "flows", "tasks", "models", "kernels", "reports")
 
 # Where each outside part may be imported (module names, or package prefixes ending in ".").
 ROOMS = {
-    "prefect": ("flows.", "tasks.steps", "tasks.crashes"),
+    "prefect": ("flows.", "tasks.steps", "tasks.crashes", "tasks.cluster.executors", "tasks.cluster.kubernetes"),
     "deepspeed": ("tasks.train.setup",),
     "mlflow": ("tasks.track.mlflow_store", "tasks.track.mlflow_runs"),
 }

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tasks.config.cluster import ClusterConfig
 from tasks.config.partial import partial_fields, section_model
 from tasks.config.rules import Loc, Problem, cross_field_problems, problem_line
 from tasks.config.schema import FitConfig, SizeConfig, SweepConfig
@@ -74,10 +75,31 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sweep fields at the top level")
+    _read_profile(raw, path.parent)
     for k, v in (overrides or {}).items():
         _set_path(raw, k, v)
+    _read_profile(raw, path.parent)  # an override may name another profile
     where = _Where(lines, [tuple(k.split(".")) for k in overrides or {}])
     return _validated(SweepConfig, raw, str(path), where=where)
+
+
+def _read_profile(raw: dict, sweep_dir: Path) -> None:
+    """A `cluster` given as a profile file's path becomes the file's settings, checked against the file."""
+    name = raw.get("cluster")
+    if not isinstance(name, str):
+        return
+    candidates = [Path(name).expanduser(), sweep_dir / name, PROJECT_ROOT / name]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise ConfigError(f"cluster: profile file {name!r} not found (examples: deployments/clusters/)")
+    text = path.read_text()
+    try:
+        profile = yaml.safe_load(text) or {}
+        lines = _field_lines(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    _validated(ClusterConfig, profile, str(path), what="invalid cluster profile", where=_Where(lines, []))
+    raw["cluster"] = profile
 
 
 def fit_config(fields: dict[str, Any], source: str = "fit options") -> FitConfig:

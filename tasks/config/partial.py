@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from tasks.config.schema import SizeConfig, SweepConfig, _Strict
+from tasks.config.base import Strict
+from tasks.config.schema import SizeConfig, SweepConfig
 
 
 @functools.cache
@@ -17,12 +18,12 @@ def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
     return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
 
 
-def section_model(model: type[BaseModel], name: str) -> type[_Strict] | None:
+def section_model(model: type[BaseModel], name: str) -> type[Strict] | None:
     annotation = model.model_fields[name].annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, _Strict) else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Strict) else None
 
 
-def partial_fields(model: type[_Strict], raw: Any) -> dict[str, Any]:
+def partial_fields(model: type[Strict], raw: Any) -> dict[str, Any]:
     """`raw`'s fields validated one by one, defaults for those absent, the invalid ones left out: the values the
     cross-field rules read when the model as a whole is invalid. Sections and an inline ladder's sizes recurse,
     so one bad field leaves out only itself."""

@@ -150,6 +150,19 @@ def _micro_batch(v: dict) -> list[Problem]:
     return [(("train", "micro_batch_size"), f"{mb} {why}")]
 
 
+def _nodes_need_slurm(v: dict) -> list[Problem]:
+    r = v["resources"]
+    if r["nodes_per_run"] == 1 or r["executor"] == "slurm":
+        return []
+    where = {
+        "local": "this machine is one node",
+        "ray": "a Ray task runs on one node",
+        "kubernetes": "a run is one pod",
+    }[r["executor"]]
+    why = f"{where}; set resources.executor: slurm to span nodes, or give 1"
+    return [(("resources", "nodes_per_run"), f"{r['nodes_per_run']} with executor {r['executor']}: {why}")]
+
+
 DATA_RULES: tuple[Rule, ...] = (_tokenizer_fits_source, _hg38_files)
 SIZE_RULES: tuple[Rule, ...] = (_heads_divide,)
 LR_RULES: tuple[Rule, ...] = (_one_lr,)
@@ -160,6 +173,7 @@ SWEEP_RULES: tuple[Rule, ...] = (
     _token_budget,
     _batch_tokens,
     _micro_batch,
+    _nodes_need_slurm,
 )
 
 

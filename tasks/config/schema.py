@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -21,23 +19,12 @@ from pydantic import (
 )
 
 from models.ladders import ARCH_NAMES, LADDERS
+from tasks.config.base import PositiveFloat, PositiveInt, Strict
+from tasks.config.cluster import ClusterConfig, Executor
 from tasks.config.rules import DATA_RULES, LR_RULES, SIZE_RULES, SWEEP_RULES, apply_rules, reject
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def derived_defaults(cls, data: dict) -> dict:
-        """Defaults that depend on another field; validation and `partial_fields` both apply them."""
-        return data
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     source: Literal["sample", "pile", "text", "hg38"] = "sample"
     path: str | None = None
     """Corpus directory. pile: the shards (00.jsonl.zst.., val.jsonl.zst); text: any folder of
@@ -85,7 +72,7 @@ class DataConfig(_Strict):
         return self
 
 
-class SizeConfig(_Strict):
+class SizeConfig(Strict):
     name: str
     n_layer: PositiveInt
     d_model: PositiveInt
@@ -99,7 +86,7 @@ class SizeConfig(_Strict):
         return self
 
 
-class TokensConfig(_Strict):
+class TokensConfig(Strict):
     per_param: PositiveFloat | None = 20.0
     """Chinchilla tokens per parameter; the budget of a size is per_param x n_params x multiplier."""
     multipliers: list[PositiveFloat] = [1.0]
@@ -107,7 +94,7 @@ class TokensConfig(_Strict):
     """Explicit token budgets instead of per_param x multipliers."""
 
 
-class LRConfig(_Strict):
+class LRConfig(Strict):
     values: list[PositiveFloat] | None = None
     """Peak learning rates, the same for every size."""
     scale: list[PositiveFloat] | None = None
@@ -129,14 +116,14 @@ def _betas_in_range(v: tuple[float, float]) -> tuple[float, float]:
     return v
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     betas: Annotated[tuple[float, float], AfterValidator(_betas_in_range)] = (0.9, 0.95)
     eps: PositiveFloat = 1e-8
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     grad_clip: PositiveFloat = 1.0
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     kind: Literal["cosine", "wsd"] = "cosine"
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     min_lr: Annotated[float, Field(ge=0)] = 1e-5
@@ -144,12 +131,15 @@ class ScheduleConfig(_Strict):
     """wsd only: the share of steps in the final decay."""
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(Strict):
+    executor: Executor = "local"
+    """Where runs train: on this machine, or one Slurm job, Ray task or Kubernetes pod each (the `cluster`
+    section holds the engine's settings)."""
     ranks_per_run: PositiveInt = 1
     """Data-parallel ranks for one run: on a GPU node, one GPU each; on a CPU, processes."""
     nodes_per_run: PositiveInt = 1
     """Nodes one run spans, each with ranks_per_run ranks, joined by torchrun's c10d rendezvous
-    (`python -m tasks.train.node` on each; a cluster executor starts them)."""
+    (`python -m tasks.train.node` on each). Above 1 only with executor slurm, which starts them."""
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     """The node's GPUs its runs may use, as indexes into the GPUs its worker sees (default: all)."""
     concurrency: PositiveInt | None = None
@@ -171,7 +161,7 @@ class ResourcesConfig(_Strict):
     retry_delay_s: Annotated[float, Field(ge=0)] = 10.0
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     batch_tokens: PositiveInt = 4096
     """Tokens per optimizer step, over all ranks (the paper: 2^19)."""
     micro_batch_size: PositiveInt | None = None
@@ -184,7 +174,7 @@ class TrainConfig(_Strict):
     log_interval: PositiveInt = 5
 
 
-class OutlierConfig(_Strict):
+class OutlierConfig(Strict):
     drop_highest: Annotated[int, Field(ge=0)] = 0
     """Per architecture, leave out the k completed runs with the highest val_loss (listed in fits.json)."""
 
@@ -201,7 +191,7 @@ def _enough_resamples(v: int) -> int:
     return v
 
 
-class FitConfig(_Strict):
+class FitConfig(Strict):
     budgets: list[PositiveFloat] = Field(default=[1e18, 1e19, 1e20, 1e21], min_length=1)
     """Compute budgets (FLOPs) at which the fits predict N_opt, D_opt, tokens per parameter and loss."""
     starts: Annotated[PositiveInt | Literal["full"], AfterValidator(_within_grid)] = "full"
@@ -260,12 +250,12 @@ def _a_store(v: str | None) -> str | None:
     return v
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     uri: Annotated[str | None, AfterValidator(_a_store)] = None
     """The MLflow tracking store (default: MLFLOW_TRACKING_URI, else a SQLite file in the output folder)."""
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     data: DataConfig = DataConfig()
     architectures: list[Annotated[str, AfterValidator(_known_arch)]] = Field(min_length=1)
@@ -280,6 +270,8 @@ class SweepConfig(_Strict):
     seeds: list[int] = [0]
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    """The executor's settings, inline or the path of a site's profile file (deployments/clusters/)."""
     fit: FitConfig = FitConfig()
 
     @model_validator(mode="after")

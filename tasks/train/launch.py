@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _live: dict[int, subprocess.Popen] = {}
 _live_lock = threading.Lock()
 _stopping = threading.Event()  # set by stop_all: the sweep is being cancelled, and nothing is retried
+_stoppers: list[Callable[[], None]] = []  # what else stop_all ends: a cluster executor's jobs
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,18 @@ class RunResult:
     message: str = ""
 
 
-def stop_all(signum=None, frame=None) -> None:
-    """End every live training process group (on cancellation, SIGTERM or interpreter exit)."""
+def also_stop(stop: Callable[[], None]) -> None:
+    """Have stop_all call `stop` too: an executor's way to end the runs it handed to its engine."""
+    if stop not in _stoppers:
+        _stoppers.append(stop)
+
+
+def stop_all() -> None:
+    """End every live training process group, and the runs handed to an engine (on cancellation, SIGTERM
+    or interpreter exit)."""
     _stopping.set()
+    for stop in _stoppers:
+        stop()
     with _live_lock:
         procs = list(_live.values())
     for p in procs:
@@ -58,8 +68,6 @@ def stop_all(signum=None, frame=None) -> None:
             p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
-    if signum is not None:
-        raise SystemExit(128 + signum)
 
 
 def stopping() -> bool:
@@ -68,9 +76,20 @@ def stopping() -> bool:
 
 
 def install_stop_handlers() -> None:
-    """Make SIGTERM (a cancelled or stopped flow run) end the training groups too."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop_all)
+    """Make SIGTERM (a cancelled or stopped flow run) end the training groups first, then do what it did
+    before: Prefect puts a handler of its own in place while each flow runs, which records the flow run's
+    end but would wait for the runs to end by themselves; the flow calls this again inside each subflow."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    before = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame) -> None:
+        stop_all()
+        if callable(before):
+            before(signum, frame)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _store_socket() -> socket.socket:
@@ -92,7 +111,7 @@ def _command(spec: RunSpec, run: RunDir, launch: Path, lock_fd: int, store_fd: i
     return [sys.executable, "-m", "tasks.train.ranks", str(spec.ranks), str(lock_fd), str(store_fd), *process]
 
 
-def environment(threads: int, gpus: tuple[str, ...]) -> dict[str, str]:
+def environment(threads: int, gpus: tuple[str, ...], one_node: bool = True) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if gpus:  # the run's own GPUs (tasks.train.devices): its rank r is cuda:r among them
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -101,10 +120,11 @@ def environment(threads: int, gpus: tuple[str, ...]) -> dict[str, str]:
     # DeepSpeed JIT-builds a communication op on first use. Keep the build inside this environment:
     # in the shared ~/.cache two checkouts invalidate each other's build and rebuild it (~40 s) per run.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-    # Gloo's ranks listen for each other on the address the hostname resolves to, which on many hosts is
-    # not a loopback one: the loopback interface keeps them on 127.0.0.1, unless the user says otherwise.
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap likewise; its ranks share one machine
+    if one_node:
+        # Gloo's ranks listen for each other on the address the hostname resolves to, which on many hosts is
+        # not a loopback one: the loopback interface keeps them on 127.0.0.1, unless the user says otherwise.
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap likewise; its ranks share one machine
     return env
 
 
@@ -134,16 +154,17 @@ def train_run(
     timeout_s: float | None = None,
     on_wait: Callable[[str], None] | None = None,
     gpus: tuple[str, ...] = (),
+    command: list[str] | None = None,
 ) -> RunResult:
     """Train one run to its end: skip it if finished, resume it if a checkpoint exists. One launcher at a
     time: another one's launch of the same run waits for it (`on_wait` hears of that), then skips. On a GPU
-    node `gpus` are the run's, one per rank (tasks.train.devices.claim)."""
+    node `gpus` are the run's, one per rank (tasks.train.devices.claim). `command` starts the training
+    in place of this machine's processes: srun over a Slurm job's nodes (tasks.cluster.slurm_job)."""
     with run.lock(on_wait) as lock_fd, _store_socket() as store:
-        status = run.read_status()
-        if status.get("status") in st.FINISHED:
-            if (why := run_damage(run, status.get("rows"))) is None:
-                return RunResult(spec.run_id, status["status"], skipped=True, process_s=0.0)
-            run.restart(f"{why}: training it again from the start")
+        if (done := finished(run)) is not None:
+            return RunResult(spec.run_id, done, skipped=True, process_s=0.0)
+        if (status := run.read_status()).get("status") in st.FINISHED:
+            run.restart(f"{run_damage(run, status.get('rows'))}: training it again from the start")
         launch = {
             "cache_dir": str(cache_dir),
             "threads": threads,
@@ -166,7 +187,7 @@ def train_run(
         try:
             with open(run.log, "ab") as logf:
                 proc = subprocess.Popen(
-                    _command(spec, run, launch_file, lock_fd, store.fileno()),
+                    command or _command(spec, run, launch_file, lock_fd, store.fileno()),
                     cwd=ROOT,
                     env=environment(threads, gpus),
                     stdout=logf,
@@ -191,6 +212,14 @@ def train_run(
         except OSError:  # a full disk: the timing is a convenience, the message is what matters
             process_s = time.time() - t0
     return RunResult(spec.run_id, status, skipped=False, process_s=process_s, message=message)
+
+
+def finished(run: RunDir) -> str | None:
+    """The run's status word if it is finished with whole records (a re-run skips it), else None."""
+    status = run.read_status()
+    if status.get("status") in st.FINISHED and run_damage(run, status.get("rows")) is None:
+        return status["status"]
+    return None
 
 
 def _disk_full(returncode: int | None, run: RunDir) -> bool:

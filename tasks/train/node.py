@@ -28,6 +28,8 @@ from tasks.layout import RunDir
 from tasks.plan import RunSpec
 from tasks.train.launch import ROOT, environment
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def command(spec: RunSpec, run: RunDir, launch_file: Path, endpoint: str) -> list[str]:
     """torchrun for this node's ranks of the run, joining the others at the c10d rendezvous `endpoint`."""
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.call(
                 command(spec, run, launch_file, args.rdzv_endpoint),
                 cwd=ROOT,
-                env=environment(args.threads, ()),
+                # Ranks on other machines reach this one's over the network, not the loopback interface.
+                env=environment(args.threads, (), one_node=args.rdzv_endpoint.rsplit(":", 1)[0] in LOOPBACK),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -52,8 +52,8 @@ def test_a_run_over_two_nodes_trains_what_two_ranks_on_one_node_train(tmp_path):
     assert again.returncode == 0 and "already completed, skipped" in again.stdout
 
 
-def test_scaling_run_refuses_a_run_over_nodes_it_cannot_start(tmp_path):
-    from tasks.steps import read_sweep
-
-    with pytest.raises(ConfigError, match="resources.nodes_per_run = 2: this flow trains on its own machine"):
-        read_sweep(str(tiny_sweep(tmp_path)), {"resources.nodes_per_run": 2}, None)
+def test_a_run_over_nodes_is_refused_where_no_executor_starts_them(tmp_path):
+    for executor in ("local", "ray", "kubernetes"):
+        with pytest.raises(ConfigError, match=f"resources.nodes_per_run: 2 with executor {executor}: .* slurm"):
+            load_sweep(tiny_sweep(tmp_path), {"resources.nodes_per_run": 2, "resources.executor": executor})
+    assert load_sweep(tiny_sweep(tmp_path), {"resources.nodes_per_run": 2, "resources.executor": "slurm"})

@@ -1,0 +1,139 @@
+"""A real single-node Slurm for the tests: Debian's slurm-wlm and munge, its controller and node daemons
+started here.
+
+Slurm's daemons listen on every interface and take no address to bind, so they run in a network
+namespace of their own whose one interface is the loopback: nothing outside this machine, or outside the
+namespace, can reach them. Everything that talks to them (sbatch, squeue, the sweep) runs in it too
+(`Slurm.command`). The node offers 2 CPUs and a GRES gpu:2 backed by two dummy character devices, so
+Slurm assigns GPUs and sets CUDA_VISIBLE_DEVICES as on a GPU node, with no GPU present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CONF = """\
+ClusterName=scaling
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+GresTypes=gpu
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+KillWait=5
+MinJobAge=600
+OverTimeLimit=0
+NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def slurm_missing() -> str | None:
+    """Why this machine cannot start a Slurm here, or None."""
+    if os.geteuid() != 0:
+        return "starting Slurm's daemons in a network namespace needs root"
+    missing = [b for b in ("sbatch", "munged", "ip", "nsenter") if not shutil.which(b)]  # sbatch: slurm-wlm's client
+    return f"not installed: {', '.join(missing)} (make slurm installs slurm-wlm and munge)" if missing else None
+
+
+@dataclass
+class Slurm:
+    dir: Path
+    netns: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.dir / "slurm.conf")}
+
+    def command(self, *argv: str) -> list[str]:
+        """argv run inside the cluster's network namespace."""
+        # nsenter, not `ip netns exec`: that one mounts a /sys of its own, where slurmd finds no cgroups.
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *map(str, argv)]
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 120) -> str:
+        proc = subprocess.run(self.command(*argv), env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode:
+            raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr}")
+        return proc.stdout
+
+    def jobs(self) -> list[str]:
+        """Jobs in the queue (pending, running or requeued), as `id state`."""
+        return self.run("squeue", "-h", "-o", "%i %T").split("\n")[:-1]
+
+    def log(self) -> str:
+        return "\n".join(
+            p.read_text()[-3000:] for p in (self.dir / "slurmctld.log", self.dir / "slurmd.log") if p.exists()
+        )
+
+
+def start(base: Path) -> Slurm:
+    d = base / "slurm"
+    for sub in ("state", "spool", "dev"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    for i in (0, 1):  # the fake GPUs: Slurm wants a character device behind each GRES
+        os.mknod(d / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
+    (d / "gres.conf").write_text(f"Name=gpu File={d}/dev/nvidia[0-1]\n")
+    (d / "slurm.conf").write_text(CONF.format(host=socket.gethostname(), d=d))
+    cluster = Slurm(d, f"scaling-slurm-{uuid.uuid4().hex[:8]}")
+    subprocess.run(["ip", "netns", "add", cluster.netns], check=True)
+    subprocess.run(cluster.command("ip", "link", "set", "lo", "up"), check=True)
+    # Slurm looks up its listening address with AI_ADDRCONFIG, which finds none where only loopback
+    # addresses are configured: a private address on the loopback interface itself satisfies it.
+    subprocess.run(cluster.command("ip", "addr", "add", "10.254.0.1/32", "dev", "lo"), check=True)
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode:  # one per machine: a socket
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    subprocess.run(["nsenter", f"--net=/run/netns/{cluster.netns}", "slurmctld"], env=cluster.env, check=True)
+    subprocess.run(["nsenter", f"--net=/run/netns/{cluster.netns}", "slurmd"], env=cluster.env, check=True)
+    deadline = time.time() + 60
+    while "idle" not in cluster.run("sinfo", "-h", "-o", "%T", check=False):
+        if time.time() > deadline:
+            stop(cluster)
+            raise AssertionError(f"the test Slurm did not come up:\n{cluster.log()}")
+        time.sleep(0.5)
+    return cluster
+
+
+def stop(cluster: Slurm) -> None:
+    cluster.run("scancel", "--user=root", check=False)
+    deadline = time.time() + 60  # the jobs' processes end with their jobs, which need the daemons for it
+    while cluster.jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    for pid_file in (cluster.dir / "slurmd.pid", cluster.dir / "slurmctld.pid"):  # the node's daemon first
+        if pid_file.exists():
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+    time.sleep(1)
+    subprocess.run(["ip", "netns", "del", cluster.netns], check=False)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if why := slurm_missing():
+        if os.environ.get("SCALING_REQUIRE_SLURM"):
+            pytest.fail(f"Slurm is required here (SCALING_REQUIRE_SLURM) but {why}")
+        pytest.skip(why)
+    cluster = start(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    stop(cluster)
