@@ -98,6 +98,12 @@ class RunDir:
     slurm_logs = property(lambda self: self.path / "slurm")
     """submitit's folder for the run's jobs: the pickled job, its result and the job's own output."""
 
+    def note(self, line: str) -> None:
+        """A timestamped line in the run's log: where an invocation of it trains (a Slurm job, a Ray task)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", file=log, flush=True)
+
     def read_spec(self) -> dict:
         return json.loads(self.spec.read_text())
 

@@ -6,6 +6,7 @@ pay for importing Prefect.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -129,6 +130,8 @@ def train_run(
     if resources.executor == "slurm":
         result = slurm.train_run(*args, cluster.slurm, resources.retries, on_requeue=_requeued(spec, resources))
     else:  # here, or in the Ray task that holds the run's resources (Ray set its CUDA_VISIBLE_DEVICES)
+        if resources.executor == "ray":
+            run.note(f"ray task on {socket.gethostname()}, GPUs {os.environ.get('CUDA_VISIBLE_DEVICES', 'none')}")
         with gpus_held(spec, gpus) as mine:
             waiting = partial(logger.info, "%s: waiting for %s, which is training it", spec.name)
             result = launch.train_run(*args, on_wait=waiting, gpus=mine)

@@ -113,8 +113,8 @@ SERVER_COMMANDS = re.compile(
 HOST_FLAG = re.compile(r"(?<!\S)(?:--host|--bind|--node-ip-address|-h|-b)(?:\s+|=)(\S+)")
 USER_SETTING = re.compile(r"^\$[({]?\w+[)}]?$")  # $HOST, ${HOST}, $(HOST): the user's own choice
 # Slurm's daemons take no address to bind: the test Slurm runs them in a network namespace whose one
-# interface is the loopback (tests/tasks/cluster/slurm_cluster.py), which the line that starts them says.
-IN_LOOPBACK_NETNS = re.compile(r"\bnsenter (f )?--net=/run/netns/\S+ (slurmctld|slurmd)(\s|$)")  # f: an f-string
+# interface is the loopback (tests/tasks/cluster/netns.py), which the line that starts them says.
+IN_LOOPBACK_NETNS = re.compile(r"\bnsenter (f )?--net=\S+ (slurmctld|slurmd)(\s|$)")  # f: an f-string
 
 
 def command_findings(text: str, path: str = "<snippet>") -> tuple[list[str], list[str]]:

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from submitit.helpers import Checkpointable, DelayedSubmission
@@ -43,13 +42,7 @@ class Point(Checkpointable):
         spec, run = RunSpec.from_dict(self.spec), RunDir(Path(self.run_dir))
         job, restarts = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_RESTART_COUNT", "0")
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "none")
-        with open(run.log, "a") as log:  # the run's log says where each of its invocations ran
-            when = time.strftime("%Y-%m-%dT%H:%M:%S")
-            print(
-                f"{when} slurm job {job} (restart {restarts}) on {socket.gethostname()}, GPUs {gpus}",
-                file=log,
-                flush=True,
-            )
+        run.note(f"slurm job {job} (restart {restarts}) on {socket.gethostname()}, GPUs {gpus}")
         return launch.train_run(
             spec,
             run,

@@ -1,1 +1,3 @@
-from tests.tasks.cluster.slurm_cluster import slurm  # noqa: F401 -- the real Slurm the cluster tests start
+# The real engines the cluster tests start.
+from tests.tasks.cluster.ray_cluster import ray  # noqa: F401
+from tests.tasks.cluster.slurm_cluster import slurm  # noqa: F401

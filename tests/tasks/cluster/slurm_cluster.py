@@ -1,11 +1,8 @@
 """A real single-node Slurm for the tests: Debian's slurm-wlm and munge, its controller and node daemons
-started here.
-
-Slurm's daemons listen on every interface and take no address to bind, so they run in a network
-namespace of their own whose one interface is the loopback: nothing outside this machine, or outside the
-namespace, can reach them. Everything that talks to them (sbatch, squeue, the sweep) runs in it too
-(`Slurm.command`). The node offers 2 CPUs and a GRES gpu:2 backed by two dummy character devices, so
-Slurm assigns GPUs and sets CUDA_VISIBLE_DEVICES as on a GPU node, with no GPU present.
+started here. They listen on every interface and take no address to bind, so they run in a loopback-only
+network namespace (netns.py), with everything that talks to them (sbatch, squeue, the sweep). The node
+offers 2 CPUs and a GRES gpu:2 backed by two dummy character devices, so Slurm assigns GPUs and sets
+CUDA_VISIBLE_DEVICES as on a GPU node, with no GPU present.
 """
 
 from __future__ import annotations
@@ -15,11 +12,12 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.tasks.cluster import netns
 
 CONF = """\
 ClusterName=scaling
@@ -53,23 +51,21 @@ def slurm_missing() -> str | None:
     """Why this machine cannot start a Slurm here, or None."""
     if os.geteuid() != 0:
         return "starting Slurm's daemons in a network namespace needs root"
-    missing = [b for b in ("sbatch", "munged", "ip", "nsenter") if not shutil.which(b)]  # sbatch: slurm-wlm's client
+    missing = [b for b in ("sbatch", "munged") if not shutil.which(b)] + netns.missing()  # sbatch: slurm-wlm's
     return f"not installed: {', '.join(missing)} (make slurm installs slurm-wlm and munge)" if missing else None
 
 
 @dataclass
 class Slurm:
     dir: Path
-    netns: str
+    ns: netns.LoopbackNamespace
 
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.dir / "slurm.conf")}
 
-    def command(self, *argv: str) -> list[str]:
-        """argv run inside the cluster's network namespace."""
-        # nsenter, not `ip netns exec`: that one mounts a /sys of its own, where slurmd finds no cgroups.
-        return ["nsenter", f"--net=/run/netns/{self.netns}", *map(str, argv)]
+    def command(self, *argv) -> list[str]:
+        return self.ns.command(*argv)
 
     def run(self, *argv: str, check: bool = True, timeout: float = 120) -> str:
         proc = subprocess.run(self.command(*argv), env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -95,18 +91,13 @@ def start(base: Path) -> Slurm:
         os.mknod(d / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
     (d / "gres.conf").write_text(f"Name=gpu File={d}/dev/nvidia[0-1]\n")
     (d / "slurm.conf").write_text(CONF.format(host=socket.gethostname(), d=d))
-    cluster = Slurm(d, f"scaling-slurm-{uuid.uuid4().hex[:8]}")
-    subprocess.run(["ip", "netns", "add", cluster.netns], check=True)
-    subprocess.run(cluster.command("ip", "link", "set", "lo", "up"), check=True)
-    # Slurm looks up its listening address with AI_ADDRCONFIG, which finds none where only loopback
-    # addresses are configured: a private address on the loopback interface itself satisfies it.
-    subprocess.run(cluster.command("ip", "addr", "add", "10.254.0.1/32", "dev", "lo"), check=True)
+    cluster = Slurm(d, netns.LoopbackNamespace("scaling-slurm"))
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode:  # one per machine: a socket
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-    subprocess.run(["nsenter", f"--net=/run/netns/{cluster.netns}", "slurmctld"], env=cluster.env, check=True)
-    subprocess.run(["nsenter", f"--net=/run/netns/{cluster.netns}", "slurmd"], env=cluster.env, check=True)
+    subprocess.run(["nsenter", f"--net={cluster.ns.path}", "slurmctld"], env=cluster.env, check=True)
+    subprocess.run(["nsenter", f"--net={cluster.ns.path}", "slurmd"], env=cluster.env, check=True)
     deadline = time.time() + 60
     while "idle" not in cluster.run("sinfo", "-h", "-o", "%T", check=False):
         if time.time() > deadline:
@@ -125,14 +116,14 @@ def stop(cluster: Slurm) -> None:
         if pid_file.exists():
             subprocess.run(["kill", pid_file.read_text().strip()], check=False)
     time.sleep(1)
-    subprocess.run(["ip", "netns", "del", cluster.netns], check=False)
+    cluster.ns.delete()
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     if why := slurm_missing():
-        if os.environ.get("SCALING_REQUIRE_SLURM"):
-            pytest.fail(f"Slurm is required here (SCALING_REQUIRE_SLURM) but {why}")
+        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):
+            pytest.fail(f"Slurm is required here (SCALING_REQUIRE_CLUSTERS) but {why}")
         pytest.skip(why)
     cluster = start(tmp_path_factory.mktemp("cluster"))
     yield cluster

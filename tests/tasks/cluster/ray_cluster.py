@@ -1,0 +1,52 @@
+"""A local Ray instance for the tests, started as a user starts one (its `start --head` command), with 2 CPUs and
+2 GPUs declared (none present: Ray hands them out and sets CUDA_VISIBLE_DEVICES all the same). Ray's
+processes listen on every interface whatever --node-ip-address says, so they run in a loopback-only
+network namespace (netns.py), with the sweep that uses them; their home (Ray's auth token) is the test's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.tasks.cluster import netns
+
+PORT = 6380
+
+
+@dataclass
+class Ray:
+    home: Path
+    ns: netns.LoopbackNamespace
+    address: str = f"127.0.0.1:{PORT}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HOME": str(self.home), "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def command(self, *argv) -> list[str]:
+        return self.ns.command(*argv)
+
+
+def ray_exe() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def ray(tmp_path_factory):
+    if os.geteuid() != 0 or netns.missing():
+        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):  # CI: the cluster engines' tests must run
+            pytest.fail("the Ray test needs root and ip/nsenter for its network namespace")
+        pytest.skip("the Ray test needs root and ip/nsenter for its network namespace")
+    cluster = Ray(tmp_path_factory.mktemp("ray"), netns.LoopbackNamespace("scaling-ray"))
+    start = [ray_exe(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(PORT)]
+    start += ["--num-cpus", "2", "--num-gpus", "2", "--include-dashboard", "false", "--disable-usage-stats"]
+    start += ["--object-store-memory", str(100 * 2**20)]  # the default takes a share of /dev/shm
+    subprocess.run(cluster.command(*start), env=cluster.env, check=True, capture_output=True, timeout=120)
+    yield cluster
+    subprocess.run(cluster.command(ray_exe(), "stop", "--force"), env=cluster.env, capture_output=True, timeout=120)
+    cluster.ns.delete()
