@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 
 from tasks import crashes, steps
-from tasks.cluster import executors
+from tasks.cluster import executors, kubernetes
 from tasks.config import ConfigError, SweepConfig
 from tasks.data import DataError
 from tasks.layout import Layout
@@ -85,10 +85,13 @@ def scaling_sweep(
         cache = steps.prepare_tokens(cfg, layout)
         tracking = steps.open_tracking(cfg, layout, sweep_file)
 
-        # This node's GPUs, for its runs (none on a CPU); elsewhere the executor's engine places them.
-        gpus = node_gpus(cfg.resources.gpus) if cfg.resources.executor == "local" else []
-        runner = executors.task_runner(cfg, len(plan.runs), gpus)
-        train_grid.with_options(task_runner=runner)(plan.runs, layout, cache, tracking, cfg, gpus)
+        if cfg.resources.executor == "kubernetes":  # a deployment run, a pod, for each run
+            kubernetes.train_runs(plan.runs, layout, cache, tracking, cfg)
+        else:
+            # This node's GPUs, for its runs (none on a CPU); elsewhere the executor's engine places them.
+            gpus = node_gpus(cfg.resources.gpus) if cfg.resources.executor == "local" else []
+            runner = executors.task_runner(cfg, len(plan.runs), gpus)
+            train_grid.with_options(task_runner=runner)(plan.runs, layout, cache, tracking, cfg, gpus)
 
         sweep_dir, counts = steps.collect_tables(plan, layout)
         tracking = steps.sync_tracking(plan, cfg, layout, tracking, sweep_file)

@@ -95,6 +95,8 @@ class RunDir:
     """What of the run reached which MLflow store (tasks.track.mlflow_runs)."""
     slurm_job = property(lambda self: self.path / "slurm.json")
     """The run's Slurm job: its id and the requeues its task has seen (tasks.cluster.slurm)."""
+    kubernetes_flow_run = property(lambda self: self.path / "kubernetes.json")
+    """The run's scaling-point flow run and its attempt number (tasks.cluster.kubernetes)."""
     slurm_logs = property(lambda self: self.path / "slurm")
     """submitit's folder for the run's jobs: the pickled job, its result and the job's own output."""
 

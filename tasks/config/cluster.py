@@ -63,9 +63,12 @@ class KubernetesConfig(Strict):
     deployment: str = "scaling-point/kubernetes"
     """The deployment each run is started from (deployments/prefect.yaml)."""
     job_variables: dict[str, Any] = {}
-    """Work-pool template variables for every run (image, node_selector, tolerations, output_pvc, ...);
-    gpu_count is the run's own (its ranks)."""
+    """Work-pool template variables for every run (image, node_selector, tolerations, output_pvc, ...,
+    deployments/kubernetes/base-job-template.json); gpu_count is the run's own."""
+    gpus_per_rank: Annotated[int, Field(ge=0)] = 1
+    """GPUs a run's pod asks for per rank (gpu_count = ranks_per_run x this)."""
     poll_s: PositiveFloat = 10.0
+    """How often the sweep asks Prefect about its runs' flow runs."""
 
 
 class ClusterConfig(Strict):

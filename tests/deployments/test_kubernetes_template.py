@@ -143,3 +143,23 @@ def test_api_accepts_the_template_and_checks_job_variables():
     for bad in ({"gpu_count": -1}, {"gpu_count": "8"}):
         with pytest.raises(schema_tools.ValidationError):
             schema_tools.validate({**defaults, **bad}, schema, raise_on_error=True, ignore_required=True)
+
+
+def test_a_sweeps_runs_render_as_pods_with_their_own_gpus(tmp_path):
+    from tasks.cluster.kubernetes import job_variables
+    from tasks.config import load_sweep
+    from tasks.plan import plan_sweep
+    from tests.conftest import tiny_sweep
+
+    sets = {
+        "resources.executor": "kubernetes",
+        "resources.ranks_per_run": 2,
+        "cluster.kubernetes.job_variables": {"image": "registry.example/scaling:2", "output_pvc": "lab"},
+    }
+    cfg = load_sweep(tiny_sweep(tmp_path), sets)
+    (spec, *_) = plan_sweep(cfg).runs
+    manifest, _ = render(job_variables(spec, cfg))
+    validate_job(manifest)
+    container = pod_spec(manifest)["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2 and container["image"].endswith("scaling:2")
+    assert_volumes(pod_spec(manifest), claim="lab", shm="16Gi")

@@ -83,6 +83,10 @@ def server(tmp_path_factory):
             return p
 
         prefect("work-pool", "create", "local", "--type", "process")
+        # The Kubernetes pool of scaling-point/kubernetes, made from the shipped template as a user makes it
+        # (the server checks the template); nothing here runs its pods.
+        template = "deployments/kubernetes/base-job-template.json"
+        prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", template)
         prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
         procs.append(
             subprocess.Popen(
@@ -168,3 +172,31 @@ def test_cancelling_a_flow_run_during_training_ends_every_training_process(serve
     assert all(damage(ckpt) is None for ckpt in complete_checkpoints(cancelled.ckpt))
     steps = read_curve(cancelled.curve).column("step").to_pylist()
     assert steps == sorted(set(steps))
+
+
+@pytest.mark.slow
+def test_the_kubernetes_executor_fans_out_a_deployment_run_per_run_and_waits_for_them(server, tmp_path):
+    prefect, _ = server
+    out = tmp_path / "fan-out"
+    fan_out = {
+        **TINY,
+        "resources.executor": "kubernetes",
+        # The same fan-out, onto the process pool's scaling-point deployment: no cluster here.
+        "cluster.kubernetes.deployment": "scaling-point/local",
+        "cluster.kubernetes.gpus_per_rank": 0,
+        "cluster.kubernetes.poll_s": 1,
+    }
+    args = ["scaling-sweep/sample", "--param", f"overrides={json.dumps(fan_out)}", "--param", f"output={out}"]
+    run = prefect("deployment", "run", *args, "--watch", "--watch-timeout", "600")
+    assert "Completed" in run.stdout, run.stdout[-3000:]
+    runs = pq.read_table(out / "sweeps" / "sample" / "runs.parquet").to_pandas()
+    assert len(runs) == 2 and set(runs.status) == {"completed"}
+    records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/kubernetes.json")}
+    assert len(records) == 2 and {r["attempt"] for r in records.values()} == {1}
+    for record in records.values():  # each a scaling-point flow run of its own, linked to the sweep's
+        child = prefect("flow-run", "inspect", record["flow_run_id"]).stdout
+        assert "COMPLETED" in child and "parent_task_run_id=UUID(" in child, child[-2000:]
+    # Invoked again: every run is finished, so no pod is started.
+    again = prefect("deployment", "run", *args, "--watch", "--watch-timeout", "600")
+    assert "Completed" in again.stdout
+    assert {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/kubernetes.json")} == records
