@@ -268,6 +268,9 @@ def worker_server(tmp_path):
     try:
         wait_for("Prefect server", lambda: _healthy(port), 120, procs[0], every_s=1)
         prefect("work-pool", "create", "local", "--type", "process")
+        # scaling-point/kubernetes deploys onto the Kubernetes pool, which must exist (no pod runs here).
+        template = "deployments/kubernetes/base-job-template.json"
+        prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", template)
         prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
 
         def start_worker() -> subprocess.Popen:

@@ -25,7 +25,9 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_a_run_over_two_nodes_trains_what_two_ranks_on_one_node_train(tmp_path):
     sweep = tiny_sweep(tmp_path, sizes="[t1]", multipliers="[2.0]")
-    on_nodes = load_sweep(sweep, parse_overrides(["resources.nodes_per_run=2", "train.zero_stage=2"]))
+    on_nodes = load_sweep(
+        sweep, parse_overrides(["resources.executor=slurm", "resources.nodes_per_run=2", "train.zero_stage=2"])
+    )
     on_one = load_sweep(sweep, parse_overrides(["resources.ranks_per_run=2", "train.zero_stage=2"]))
     spec, same = plan_sweep(on_nodes).runs[0], plan_sweep(on_one).runs[0]
     assert (spec.ranks, spec.nodes, spec.ranks_per_node) == (2, 2, 1)
