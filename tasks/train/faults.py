@@ -3,6 +3,7 @@
 A sweep never sets them: they come from SCALING_FAULTS, the path of a JSON object, one key a fault:
 
     kill_at: [k, ...]         SIGKILL the process group once step k is done (each once, across resumes)
+    stall_at: [k, seconds]    once step k is done, sleep (once across resumes): a run outliving its walltime
     kill_in_save: [k, where]  SIGKILL it in the checkpoint save at step k: "after_shard" (one file of
                               it written), "before_marker" (all written, not sealed), "after_marker"
     inf_grad_at: [k, ...]     the gradients of step k are infinite; its loss stays finite
@@ -15,7 +16,7 @@ A sweep never sets them: they come from SCALING_FAULTS, the path of a JSON objec
                               control of the resume tests)
 
 Every fault that fires prints `fault: <what>` to the run's log; that line is how a test knows it fired.
-A kill fires once: it is recorded in `<SCALING_FAULTS>.fired` before the signal is sent.
+A kill or a stall fires once: it is recorded in `<SCALING_FAULTS>.fired` before it acts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ SPIKE = 10.0
 @dataclass(frozen=True)
 class Faults:
     kill_at: tuple[int, ...] = ()
+    stall_at: tuple = ()
     kill_in_save: tuple = ()
     inf_grad_at: tuple[int, ...] = ()
     nan_loss_at: tuple[int, ...] = ()
@@ -77,6 +80,9 @@ class Faults:
     def after_step(self, done: int) -> None:
         if done in self.kill_at:
             self._kill(f"kill at step {done}")
+        if self.stall_at and done == self.stall_at[0] and self._once(f"stall {done}"):
+            _say(f"stall for {self.stall_at[1]} s at step {done}")
+            time.sleep(self.stall_at[1])
 
     def in_save(self, step: int, where: str) -> None:
         """At `where` in the checkpoint save of `step`: "before_marker", "after_marker"."""

@@ -82,18 +82,25 @@ def test_a_sweep_trains_on_slurm_to_its_report_one_job_per_run(slurm, tmp_path):
 
 @pytest.mark.slow
 def test_a_run_past_its_walltime_is_requeued_and_resumes_as_a_prefect_retry(slurm, tmp_path, fired):
-    # One run long enough to outlive the first walltime signal (Slurm sends it ~25 s into a 1-minute job,
-    # 30 s before its end), checkpointing often so that it has one by then.
+    # The run stalls once at step 20 (checkpoints at every 4th step): it outlives the walltime it is then given,
+    # however long its first steps took (a fresh machine JIT-builds DeepSpeed's op first).
     sweep = tiny_sweep(tmp_path, sizes="[t1]", multipliers="[4]", checkpoint_interval=4)
     out = tmp_path / "out"
     plan, (run,) = runs_of(sweep, out)
-    cmd = sweep_command(slurm, sweep, out, "cluster.slurm.time_min=1", "cluster.slurm.signal_s=30")
-    flow = subprocess.Popen(cmd, cwd=ROOT, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"stall_at": [20, 600]}))
+    cmd = sweep_command(slurm, sweep, out, "cluster.slurm.signal_s=30")
+    env = {**slurm.env, "SCALING_FAULTS": str(faults)}
+    flow = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         job = wait_for(lambda: json.loads(run.slurm_job.read_text())["job_id"] if run.slurm_job.exists() else None)
+        wait_for(lambda: run.log.exists() and "fault: stall" in run.log.read_text(), timeout=300)
+        # Cut to end 40-100 s from now (whole minutes): Slurm sends the walltime signal (B:USR2@30) first.
+        limit_min = -(-(run_time_s(slurm, job) + 40) // 60)
+        slurm.run("scontrol", "update", f"JobId={job}", f"TimeLimit={limit_min}")
         wait_for(lambda: json.loads(run.slurm_job.read_text())["restarts_seen"], timeout=240)
         # Requeued. Slurm holds a requeued job ~2 minutes before it may start again (BeginTime), and would
-        # signal each attempt of a 1-minute job within seconds: it starts now (StartTime), with room to finish.
+        # signal it again within seconds: it starts now (StartTime), with room to finish.
         slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10", "StartTime=now")
         output, _ = flow.communicate(timeout=400)
     finally:
@@ -103,7 +110,7 @@ def test_a_run_past_its_walltime_is_requeued_and_resumes_as_a_prefect_retry(slur
     assert flow.returncode == 0, output[-5000:]
     assert re.findall(r"slurm job (\d+) \(restart", log) == [job, job]  # requeued: the same job, not another
     resumed = re.search(r"resumed from \S+ \(step (\d+) of", log)
-    assert resumed and int(resumed.group(1)) > 0, log[-3000:]  # from a checkpoint, not from the start
+    assert resumed and int(resumed.group(1)) == 20, log[-3000:]  # from its checkpoint, not from the start
     assert "requeued (1 time(s))" in output and re.search(r"Retry 1/\d+ will start", output), output[-5000:]
     assert run.status() == "completed"
     # Negative control on the curve: the same run trained once, on this machine, gives the same losses.
@@ -127,6 +134,13 @@ def test_a_cancelled_sweep_leaves_no_job_behind(slurm, tmp_path):
     finally:
         flow.kill()
     assert wait_for(lambda: slurm.jobs() == [], timeout=30), slurm.jobs()
+
+
+def run_time_s(slurm, job: str) -> int:
+    """How long the job has run, from `scontrol show job` (RunTime=[D-]HH:MM:SS)."""
+    found = re.search(r"RunTime=(?:(\d+)-)?(\d+):(\d+):(\d+)", slurm.run("scontrol", "show", "job", "-o", job))
+    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def wait_for(probe, timeout: float = 120, every: float = 0.5):
