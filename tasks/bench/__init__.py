@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "throughput": ("tasks.bench.throughput", "training tokens/s and MFU per architecture, vs transformer++"),
     "data": ("tasks.bench.data", "tokenization (1 process vs workers), loader wait, cache-build memory"),
     "fit": ("tasks.bench.fit", "the L(N, D) fit: batched search vs a plain scipy loop, and its bootstrap"),
+    "executors": ("tasks.bench.executors", "a tiny sweep's wall time on local, Slurm and Ray; overhead per point"),
 }
 
 

@@ -10,6 +10,7 @@ signals the job before its walltime, or on preemption, submitit calls `checkpoin
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -42,7 +43,8 @@ class Point(Checkpointable):
         spec, run = RunSpec.from_dict(self.spec), RunDir(Path(self.run_dir))
         job, restarts = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_RESTART_COUNT", "0")
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "none")
-        run.note(f"slurm job {job} (restart {restarts}) on {socket.gethostname()}, GPUs {gpus}")
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        run.note(f"slurm job {job} (restart {restarts}) on {node}, GPUs {gpus}")
         return launch.train_run(
             spec,
             run,
@@ -57,10 +59,9 @@ class Point(Checkpointable):
 
     def _nodes_command(self, spec: RunSpec, run: RunDir) -> list[str]:
         """srun starting tasks.train.node once on every node of the job, meeting at this node's rendezvous."""
-        head = subprocess.check_output(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], text=True)
         port = RDZV_PORT + int(os.environ["SLURM_JOB_ID"]) % 1000  # two jobs sharing a head node meet apart
         node = [sys.executable, "-m", "tasks.train.node", str(run.path), self.cache_dir]
-        node += ["--rdzv-endpoint", f"{head.split()[0]}:{port}", "--threads", str(self.threads)]
+        node += ["--rdzv-endpoint", f"{head_address()}:{port}", "--threads", str(self.threads)]
         if self.mlflow_uri and self.mlflow_run_id:
             node += ["--mlflow-uri", self.mlflow_uri, "--mlflow-run-id", self.mlflow_run_id]
         # --overlap: this batch step holds the job's CPUs, and a step inside it would otherwise wait forever.
@@ -70,3 +71,11 @@ class Point(Checkpointable):
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
         launch.stop_all()  # the run resumes from its last checkpoint when the requeued job starts
         return super().checkpoint(*args, **kwargs)
+
+
+def head_address() -> str:
+    """The address Slurm reaches the job's first node at (its NodeAddr, the node name unless the site sets
+    another), where the rendezvous listens."""
+    nodes = subprocess.check_output(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], text=True)
+    node = subprocess.check_output(["scontrol", "show", "node", "-o", nodes.split()[0]], text=True)
+    return re.search(r"\bNodeAddr=(\S+)", node).group(1)

@@ -6,6 +6,7 @@ network namespace (netns.py), with the sweep that uses them; their home (Ray's a
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,22 +32,50 @@ class Ray:
     def command(self, *argv) -> list[str]:
         return self.ns.command(*argv)
 
+    @property
+    def temp_dir(self) -> str:
+        return f"/tmp/ray-{self.ns.name.rsplit('-', 1)[-1]}"
+
 
 def ray_exe() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-@pytest.fixture(scope="module")
-def ray(tmp_path_factory):
+def ray_missing() -> str | None:
+    """Why this machine cannot start a Ray here, or None."""
     if os.geteuid() != 0 or netns.missing():
-        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):  # CI: the cluster engines' tests must run
-            pytest.fail("the Ray test needs root and ip/nsenter for its network namespace")
-        pytest.skip("the Ray test needs root and ip/nsenter for its network namespace")
-    cluster = Ray(tmp_path_factory.mktemp("ray"), netns.LoopbackNamespace("scaling-ray"))
+        return "the Ray test needs root and ip/nsenter for its network namespace"
+    return None
+
+
+def start(base: Path, ns: netns.LoopbackNamespace) -> Ray:
+    base.mkdir(parents=True, exist_ok=True)
+    cluster = Ray(base, ns)
     start = [ray_exe(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(PORT)]
     start += ["--num-cpus", "2", "--num-gpus", "2", "--include-dashboard", "false", "--disable-usage-stats"]
     start += ["--object-store-memory", str(100 * 2**20)]  # the default takes a share of /dev/shm
+    # A session folder of its own (not /tmp/ray, which a second Ray here would share), short enough for the
+    # Unix sockets inside it.
+    start += ["--temp-dir", cluster.temp_dir]
     subprocess.run(cluster.command(*start), env=cluster.env, check=True, capture_output=True, timeout=120)
-    yield cluster
+    return cluster
+
+
+def stop(cluster: Ray) -> None:
     subprocess.run(cluster.command(ray_exe(), "stop", "--force"), env=cluster.env, capture_output=True, timeout=120)
-    cluster.ns.delete()
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray(tmp_path_factory):
+    if why := ray_missing():
+        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):  # CI: the cluster engines' tests must run
+            pytest.fail(f"Ray is required here (SCALING_REQUIRE_CLUSTERS) but {why}")
+        pytest.skip(why)
+    ns = netns.LoopbackNamespace("scaling-ray")
+    try:
+        cluster = start(tmp_path_factory.mktemp("ray"), ns)
+        yield cluster
+        stop(cluster)
+    finally:
+        ns.delete()

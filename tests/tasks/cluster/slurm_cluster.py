@@ -1,8 +1,8 @@
-"""A real single-node Slurm for the tests: Debian's slurm-wlm and munge, its controller and node daemons
-started here. They listen on every interface and take no address to bind, so they run in a loopback-only
-network namespace (netns.py), with everything that talks to them (sbatch, squeue, the sweep). The node
-offers 2 CPUs and a GRES gpu:2 backed by two dummy character devices, so Slurm assigns GPUs and sets
-CUDA_VISIBLE_DEVICES as on a GPU node, with no GPU present.
+"""A real two-node Slurm for the tests: Debian's slurm-wlm and munge, its controller and one node daemon per
+node started here (each under its node name, on its own port of this machine). They listen on every interface
+and take no address to bind, so they run in a loopback-only network namespace (netns.py), with everything
+that talks to them (sbatch, squeue, the sweep). Each node offers 2 CPUs and a GRES gpu:2 backed by dummy
+character devices, so Slurm assigns GPUs and sets CUDA_VISIBLE_DEVICES as on a GPU node, with no GPU present.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import pytest
 
 from tests.tasks.cluster import netns
 
+NODES = ("n1", "n2")
 CONF = """\
 ClusterName=scaling
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
+SlurmdSpoolDir={d}/spool/%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
+SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/slurmctld.log
-SlurmdLogFile={d}/slurmd.log
+SlurmdLogFile={d}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -42,7 +43,8 @@ AccountingStorageType=accounting_storage/none
 KillWait=5
 MinJobAge=600
 OverTimeLimit=0
-NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
+NodeName=n1 NodeHostname={host} NodeAddr=127.0.0.1 Port=6818 CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
+NodeName=n2 NodeHostname={host} NodeAddr=127.0.0.1 Port=6819 CPUs=2 RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -78,28 +80,28 @@ class Slurm:
         return self.run("squeue", "-h", "-o", "%i %T").split("\n")[:-1]
 
     def log(self) -> str:
-        return "\n".join(
-            p.read_text()[-3000:] for p in (self.dir / "slurmctld.log", self.dir / "slurmd.log") if p.exists()
-        )
+        return "\n".join(p.read_text()[-3000:] for p in sorted(self.dir.glob("slurm*.log")))
 
 
-def start(base: Path) -> Slurm:
+def start(base: Path, ns: netns.LoopbackNamespace) -> Slurm:
     d = base / "slurm"
     for sub in ("state", "spool", "dev"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    for i in (0, 1):  # the fake GPUs: Slurm wants a character device behind each GRES
+    for i in range(2 * len(NODES)):  # the fake GPUs: Slurm wants a character device behind each GRES
         os.mknod(d / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
-    (d / "gres.conf").write_text(f"Name=gpu File={d}/dev/nvidia[0-1]\n")
+    gres = (f"NodeName={n} Name=gpu File={d}/dev/nvidia[{2 * i}-{2 * i + 1}]\n" for i, n in enumerate(NODES))
+    (d / "gres.conf").write_text("".join(gres))
     (d / "slurm.conf").write_text(CONF.format(host=socket.gethostname(), d=d))
-    cluster = Slurm(d, netns.LoopbackNamespace("scaling-slurm"))
+    cluster = Slurm(d, ns)
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode:  # one per machine: a socket
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
     subprocess.run(["nsenter", f"--net={cluster.ns.path}", "slurmctld"], env=cluster.env, check=True)
-    subprocess.run(["nsenter", f"--net={cluster.ns.path}", "slurmd"], env=cluster.env, check=True)
+    for node in NODES:
+        subprocess.run(["nsenter", f"--net={cluster.ns.path}", "slurmd", "-N", node], env=cluster.env, check=True)
     deadline = time.time() + 60
-    while "idle" not in cluster.run("sinfo", "-h", "-o", "%T", check=False):
+    while cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False).split() != ["idle"] * len(NODES):
         if time.time() > deadline:
             stop(cluster)
             raise AssertionError(f"the test Slurm did not come up:\n{cluster.log()}")
@@ -112,11 +114,10 @@ def stop(cluster: Slurm) -> None:
     deadline = time.time() + 60  # the jobs' processes end with their jobs, which need the daemons for it
     while cluster.jobs() and time.time() < deadline:
         time.sleep(0.5)
-    for pid_file in (cluster.dir / "slurmd.pid", cluster.dir / "slurmctld.pid"):  # the node's daemon first
+    for pid_file in [*cluster.dir.glob("slurmd-*.pid"), cluster.dir / "slurmctld.pid"]:  # the nodes' first
         if pid_file.exists():
             subprocess.run(["kill", pid_file.read_text().strip()], check=False)
     time.sleep(1)
-    cluster.ns.delete()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,10 @@ def slurm(tmp_path_factory):
         if os.environ.get("SCALING_REQUIRE_CLUSTERS"):
             pytest.fail(f"Slurm is required here (SCALING_REQUIRE_CLUSTERS) but {why}")
         pytest.skip(why)
-    cluster = start(tmp_path_factory.mktemp("cluster"))
-    yield cluster
-    stop(cluster)
+    ns = netns.LoopbackNamespace("scaling-slurm")
+    try:
+        cluster = start(tmp_path_factory.mktemp("cluster"), ns)
+        yield cluster
+        stop(cluster)
+    finally:
+        ns.delete()

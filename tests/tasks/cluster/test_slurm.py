@@ -1,6 +1,7 @@
-"""tasks.cluster.slurm against a real Slurm started here (slurm_cluster): a tiny sweep from `scaling run` to its
-report, one Slurm job per run on the GPUs Slurm assigns; a run past its walltime requeued and resumed, seen by
-Prefect as a retry; a cancelled sweep leaving no job behind. The job parameters are checked without Slurm."""
+"""tasks.cluster.slurm against a real two-node Slurm started here (slurm_cluster): a tiny sweep from `scaling run`
+to its report, one Slurm job per run on the GPUs Slurm assigns; a run over both nodes as one job; a run past its
+walltime requeued and resumed, seen by Prefect as a retry; a cancelled sweep leaving no job behind. The job
+parameters are checked without Slurm."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from tasks.cluster.slurm import sbatch_parameters, walltime_min
-from tasks.config import ConfigError, load_sweep
-from tasks.layout import Layout
+from tasks.config import ConfigError, load_sweep, parse_overrides
+from tasks.layout import Layout, RunDir
 from tasks.plan import plan_sweep
+from tasks.train.launch import train_run
 from tests.conftest import ROOT, curve_losses, scaling, tiny_sweep
+from tests.tasks.train.test_ranks import TOLERANCE, differences
 
 ON_SLURM = [
     "resources.executor=slurm",
@@ -78,6 +81,26 @@ def test_a_sweep_trains_on_slurm_to_its_report_one_job_per_run(slurm, tmp_path):
     assert "2 completed" in again.stdout
     assert {r.run_id: r.log.read_text() for r in runs} == logs
     assert slurm.jobs() == []
+
+
+@pytest.mark.slow
+def test_a_run_over_two_nodes_is_one_job_whose_nodes_meet_at_the_rendezvous(slurm, tmp_path):
+    sweep, out = tiny_sweep(tmp_path, sizes="[t1]", multipliers="[2.0]"), tmp_path / "out"
+    two = ["resources.nodes_per_run=2", "train.zero_stage=2"]
+    run_sweep(slurm, sweep, out, *two)
+    (spec,) = plan_sweep(load_sweep(sweep, parse_overrides(ON_SLURM + two))).runs
+    run = Layout.at(out).run(spec.run_id)
+    job = json.loads(run.slurm_job.read_text())["job_id"]
+    record = slurm.run("scontrol", "show", "job", "-o", job)
+    assert re.search(r"\bNodeList=n\[1-2\]", record) and re.search(r"\bJobState=COMPLETED", record), record
+    log = run.log.read_text()
+    assert log.count("2 rank(s) on cpu") == 1 and run.status() == "completed", log[-3000:]  # one process group
+    # The negative control: the same run as 2 ranks on one node (the same run id) trains the same curve.
+    ref = RunDir(tmp_path / "one-node")
+    one = plan_sweep(load_sweep(sweep, parse_overrides(["resources.ranks_per_run=2", "train.zero_stage=2"]))).runs[0]
+    assert one.run_id == run.run_id
+    assert train_run(one, ref, next((out / "data").glob("tokens-*")), 1).status == "completed"
+    assert max(differences(curve_losses(ref), curve_losses(run))) <= TOLERANCE
 
 
 @pytest.mark.slow
