@@ -38,12 +38,13 @@ from kernels.cbuild import BuildError
 from kernels.dispatch import Dispatch, Impl
 from kernels.selective_scan.chunked import CHUNK, selective_scan_chunked
 from kernels.selective_scan.cpu import library, selective_scan_cpu
-from kernels.selective_scan.ref import selective_scan_ref
+from kernels.selective_scan.ref import TOLERANCES, selective_scan_ref
 from kernels.selective_scan.triton_scan import TRITON_INSTALL, selective_scan_triton, triton
 
 __all__ = [
     "CHUNK",
     "ENV_VAR",
+    "TOLERANCES",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_cpu",

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "throughput": ("tasks.bench.throughput", "training tokens/s and MFU per architecture, vs transformer++"),
     "data": ("tasks.bench.data", "tokenization (1 process vs workers), loader wait, cache-build memory"),
     "fit": ("tasks.bench.fit", "the L(N, D) fit: batched search vs a plain scipy loop, and its bootstrap"),
+    "gpu": ("tasks.bench.gpu", "the GPU path: Triton scan vs reference and chunked, MFU per model, a sweep on it"),
     "executors": ("tasks.bench.executors", "a tiny sweep's wall time on local, Slurm and Ray; overhead per point"),
 }
 

@@ -7,7 +7,7 @@ import tasks.bench
 from tasks.bench import BENCHMARKS
 from tests.conftest import ROOT
 
-NAMES = ["scan", "wkv", "fftconv", "throughput", "data", "fit", "executors"]
+NAMES = ["scan", "wkv", "fftconv", "throughput", "data", "fit", "gpu", "executors"]
 
 
 def test_help_lists_every_benchmark_with_its_line(capsys):
@@ -31,7 +31,7 @@ def test_an_unknown_name_is_one_line_naming_the_valid_ones():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "scaling bench: unknown benchmark 'scna'; valid: scan, wkv, fftconv, throughput, data, fit, executors"
+        "scaling bench: unknown benchmark 'scna'; valid: scan, wkv, fftconv, throughput, data, fit, gpu, executors"
     )
     assert proc.stdout == ""
 

@@ -121,10 +121,14 @@ def test_a_run_past_its_walltime_is_requeued_and_resumes_as_a_prefect_retry(slur
         # Cut to end 40-100 s from now (whole minutes): Slurm sends the walltime signal (B:USR2@30) first.
         limit_min = -(-(run_time_s(slurm, job) + 40) // 60)
         slurm.run("scontrol", "update", f"JobId={job}", f"TimeLimit={limit_min}")
+        cut = time.time()
         wait_for(lambda: json.loads(run.slurm_job.read_text())["restarts_seen"], timeout=240)
+        requeued = time.time()
         # Requeued. Slurm holds a requeued job ~2 minutes before it may start again (BeginTime), and would
         # signal it again within seconds: it starts now (StartTime), with room to finish.
         slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10", "StartTime=now")
+        wait_for(lambda: "resumed from" in run.log.read_text(), timeout=240)
+        print(f"walltime cut -> requeue seen {requeued - cut:.0f} s -> resumed {time.time() - requeued:.0f} s later")
         output, _ = flow.communicate(timeout=400)
     finally:
         flow.kill()
