@@ -12,6 +12,7 @@ from reports.figures.style import (
     NOT_DONE,
     Palette,
     completed,
+    data_limits,
     error_bar,
     fit_entry,
     flops_of,
@@ -155,9 +156,14 @@ def allocation(runs: pd.DataFrame, fits: dict) -> Figure:
         _observed_optima(ax_n, ax_d, fits, series, color)
         if drawn:
             handles.append(Line2D([], [], color=color, label=series))
-    for ax, label in ((ax_n, "compute-optimal parameters N_opt"), (ax_d, "compute-optimal tokens D_opt")):
+    done = completed(runs)
+    for ax, label, column in (
+        (ax_n, "compute-optimal parameters N_opt", "n_params"),
+        (ax_d, "compute-optimal tokens D_opt", "tokens"),
+    ):
         log_axes(ax)
-        ax.set(xlabel="training FLOPs C", ylabel=label)
+        # The trained runs' range and one decade past it: a law that leaves it is cut, not followed.
+        ax.set(xlabel="training FLOPs C", ylabel=label, ylim=data_limits(runs.loc[done, column], EXTRAPOLATE))
     ax_n.set_title("N_opt = G · C^a")
     ax_d.set_title("D_opt = C / (6 N_opt)")
     handles += [Line2D([], [], color="grey", linestyle=style, label=name) for _, name, style in APPROACHES]

@@ -15,6 +15,7 @@ from reports.figures.style import (
     BUDGET_CMAP,
     Palette,
     completed,
+    data_limits,
     error_bar,
     fit_entry,
     flops_of,
@@ -145,8 +146,9 @@ def loss_contours(runs: pd.DataFrame, fits: dict) -> Figure:
         d_line = c_line / (6 * n_line)
         pts_n = np.array([q["n_params"] for q in fit["points"]])
         pts_d = np.array([q["tokens"] for q in fit["points"]])
-        n_grid = np.geomspace(min(pts_n.min(), n_line.min()) / 2, max(pts_n.max(), n_line.max()) * 2, 120)
-        d_grid = np.geomspace(min(pts_d.min(), d_line.min()) / 2, max(pts_d.max(), d_line.max()) * 2, 120)
+        # The runs' range and the one decade past it, wherever the compute-optimal line would lead.
+        n_grid = np.geomspace(*data_limits(pts_n, EXTRAPOLATE), 120)
+        d_grid = np.geomspace(*data_limits(pts_d, EXTRAPOLATE), 120)
         nn, dd = np.meshgrid(n_grid, d_grid)
         loss = p["E"] + p["A"] / nn ** p["alpha"] + p["B"] / dd ** p["beta"]
         levels = np.geomspace(max(loss.min(), p["E"] * 1.001), np.percentile(loss, 90), CONTOURS)
@@ -170,10 +172,8 @@ def loss_contours(runs: pd.DataFrame, fits: dict) -> Figure:
         ax.set(xlim=(n_grid[0], n_grid[-1]), ylim=(d_grid[0], d_grid[-1]))
         log_axes(ax)
         ax.set(xlabel="parameters N", ylabel="tokens D")
-        conv = fit["convergence"]
-        if not conv["converged"]:
-            bound = f" ({', '.join(conv['on_bound'])})" if conv["on_bound"] else ""
-            footnote(ax, [f"⚠ {PARAMETRIC_NAME} fit: {conv['state']}{bound}; read it with care"])
+        if not fit["convergence"]["converged"]:  # on no bound (fit_entry keeps those off), but stopped early
+            footnote(ax, [f"⚠ {PARAMETRIC_NAME} fit: {fit['convergence']['state']}; read it with care"])
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=LOSS_CMAP), ax=list(axes), label="loss (contours and runs)")
     plain_log_ticks(bar.ax.yaxis)
     handles = [

@@ -173,13 +173,27 @@ def footnote(ax: Axes, lines: list[str]) -> None:
 
 
 def fit_entry(fits: dict, kind: str, series: str) -> tuple[dict | None, str | None]:
-    """(entry, None) for a fit that was made, (None, reason) for one that was skipped or is missing."""
+    """(entry, None) for a fit to draw, (None, reason) for one that was skipped, is missing, or failed: an
+    L(N, D) fit with a parameter on its bound says nothing about the law, and its curves would pull the
+    axes to wherever the bound sent them (the tables and summary still give its numbers)."""
     entry = fits.get(kind, {}).get(series)
     if entry is None:
         return None, "not in the fits"
     if entry.get("status") != OK:
         return None, entry.get("reason", "skipped")
+    conv = entry.get("convergence")
+    if isinstance(conv, dict) and conv.get("on_bound"):
+        return None, f"fit failed: {', '.join(conv['on_bound'])} on a bound, not drawn"
     return entry, None
+
+
+def data_limits(values, extrapolate: float = 1.0) -> tuple[float, float]:
+    """Log-axis bounds of the positive `values`, a factor 2 either side, and `extrapolate` times further
+    above (the one decade the laws are drawn past the largest run): what a figure's axes may show."""
+    finite = np.asarray([v for v in np.ravel(values) if np.isfinite(v) and v > 0], float)
+    if finite.size == 0:
+        return 1.0, 10.0
+    return float(finite.min()) / 2, float(finite.max()) * 2 * extrapolate
 
 
 def value(iv: Interval | None) -> float:

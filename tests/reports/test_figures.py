@@ -1,5 +1,7 @@
 """reports.figures: each figure draws the fitted laws where they are, and says why where they are not."""
 
+import copy
+
 import matplotlib.colors
 import numpy as np
 import pytest
@@ -108,3 +110,53 @@ def test_colours_follow_the_architecture_and_markers_the_sweep(demo):
     assert palette.color("mamba (demo)") == palette.color("mamba (other)") == ARCH_COLORS["mamba"]
     assert palette.marker("mamba (demo)") != palette.marker("mamba (other)")
     assert Palette.of(demo.runs).color("mamba") == ARCH_COLORS["mamba"]
+
+
+@pytest.fixture(scope="module")
+def failed(demo):
+    """The demo's fits with transformer++'s L(N, D) as the sample sweep's was: on its bounds, with an
+    "optimum" at 2e-3 parameters."""
+    fits = copy.deepcopy(demo.fits)
+    law = fits["parametric"]["transformer++"]
+    law["convergence"] |= {"state": "on a bound", "converged": False, "on_bound": ["alpha", "E"]}
+    law["exponents"]["G"]["value"], law["exponents"]["a"]["value"] = 1e-12, 0.9
+    return demo.runs, demo.curves, fits
+
+
+def test_a_fit_on_its_bounds_is_not_drawn_and_says_why_in_place(failed, tables):
+    runs, curves, fits = failed
+    contours = DRAW["loss_contours"](runs, curves, fits)
+    ax = panel(contours, "transformer++")
+    assert not [line for line in ax.get_lines() if line.get_linewidth() == 1.8]  # no compute-optimal line
+    assert "fit failed: alpha, E on a bound, not drawn" in text_of(contours)
+    allocation = DRAW["allocation"](runs, curves, fits)
+    assert not laws_of(allocation, "-")  # approach 3's style
+    assert laws_of(allocation, "--")  # approach 2's stays
+    assert "fit failed: alpha, E on a bound, not drawn" in text_of(allocation)
+    # The negative control: the converged fit is drawn.
+    assert laws_of(DRAW["allocation"](*tables), "-")
+
+
+def laws_of(fig, style: str) -> list:
+    """transformer++'s fitted lines in `style` (lines over many points: not the single-point optima)."""
+    return [line for line in lines_of(fig, ARCH_COLORS["transformer++"], linestyle=style) if len(line.get_xdata()) > 1]
+
+
+@pytest.mark.parametrize("fitted", ["failed", "tables"])
+@pytest.mark.parametrize("stem", ["loss_contours", "allocation"])
+def test_axes_stay_on_the_runs_and_one_decade_past_them(request, fitted, stem):
+    runs, curves, fits = request.getfixturevalue(fitted)
+    done = runs["status"] == "completed"
+    n_max, d_max = runs.loc[done, "n_params"].max(), runs.loc[done, "tokens"].max()
+    n_min, d_min = runs.loc[done, "n_params"].min(), runs.loc[done, "tokens"].min()
+    fig = DRAW[stem](runs, curves, fits)
+    for ax in fig.axes:
+        if ax.get_ylabel().startswith("tokens") or ax.get_ylabel().startswith("compute-optimal tokens"):
+            lo, hi = ax.get_ylim()
+            assert d_min / 2 <= lo * 1.0001 and hi <= d_max * 20 * 1.0001, (ax.get_title(), lo, hi)
+        if ax.get_ylabel().startswith("compute-optimal parameters"):
+            lo, hi = ax.get_ylim()
+            assert n_min / 2 <= lo * 1.0001 and hi <= n_max * 20 * 1.0001, (lo, hi)
+        if ax.get_xlabel() == "parameters N":
+            lo, hi = ax.get_xlim()
+            assert n_min / 2 <= lo * 1.0001 and hi <= n_max * 20 * 1.0001, (ax.get_title(), lo, hi)
