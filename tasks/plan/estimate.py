@@ -125,10 +125,11 @@ def format_plan(plan: Plan, concurrency: int, mfu: float, states: dict[str, str]
 
     out = [line(head), line(["-" * w for w in widths]), *map(line, rows)]
     out.append("")
+    basis = "from each model's measured step" if plan.measured_steps else f"at {plan.flops_per_s:.3g} FLOP/s per rank"
     out.append(
         f"{len(plan.runs)} runs, {plan.total_flops:.3g} training FLOPs, estimated "
         f"{_fmt_s(plan.total_est_wall_s)} of training, about {_fmt_s(plan.total_est_wall_s / concurrency)} wall "
-        f"at concurrency {concurrency} (at {plan.flops_per_s:.3g} FLOP/s per rank)"
+        f"at concurrency {concurrency} ({basis})"
     )
     if states:
         resuming = sum(s.startswith("resume") for s in states.values())

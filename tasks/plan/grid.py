@@ -11,6 +11,7 @@ from models.registry import model_config
 from tasks.config import ConfigError, SweepConfig
 from tasks.data import check_data, vocab_size_for
 from tasks.data.identity import data_identity
+from tasks.plan import calibrate
 from tasks.plan.estimate import fmt_count, fmt_lr, measure_flops_per_s, threads_per_rank
 from tasks.plan.spec import Plan, RunSpec, run_id_of
 
@@ -49,7 +50,10 @@ def plan_sweep(cfg: SweepConfig, flops_per_s: float | None = None) -> Plan:
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError("the grid has duplicate runs (repeated sizes, token budgets or learning rates)")
-    return Plan(sweep=cfg.name, runs=runs, flops_per_s=fps)
+    measured = flops_per_s is None and calibrate.applies(cfg)
+    if measured:
+        runs = [calibrate.estimated(r, cfg.resources.startup_s, threads_per_rank(cfg), fps) for r in runs]
+    return Plan(sweep=cfg.name, runs=runs, flops_per_s=fps, measured_steps=measured)
 
 
 def _spec(cfg, arch, size, mcfg, steps, tokens, lr, seed, micro, seqs_per_rank, data, fps) -> RunSpec:

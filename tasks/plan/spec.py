@@ -74,6 +74,9 @@ class Plan:
     sweep: str
     runs: list[RunSpec]
     flops_per_s: float
+    measured_steps: bool = False
+    """Whether the runs' estimates come from their models' measured steps (tasks.plan.calibrate), not
+    from flops_per_s."""
 
     @property
     def total_flops(self) -> float:
