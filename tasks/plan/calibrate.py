@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 from tasks.atomic import write_atomic
+from tasks.plan.estimate import PROBE_SHARE
 
 MEASURE_S = 0.5
 """Steps are timed for at least this long, after one warm-up step."""
 LONGEST_PROBE_S = 5.0
-"""A model whose step the FLOP rate puts above this is not measured (a GPU sweep planned on a laptop)."""
+"""A model whose step would take longer than this even at the matmul probe's full rate is not measured
+(a GPU sweep planned on a laptop)."""
 
 
 def cache_file() -> Path:
@@ -105,9 +107,11 @@ def applies(cfg) -> bool:
 
 
 def estimated(spec, startup_s: float, threads: int, flops_per_s: float):
-    """The RunSpec with its estimate from its model's measured step, unless the FLOP rate puts that step
-    past LONGEST_PROBE_S (then the FLOP-rate estimate stands)."""
-    if spec.flops_per_token * spec.batch_tokens / (flops_per_s * spec.ranks) > LONGEST_PROBE_S:
+    """The RunSpec with its estimate from its model's measured step, unless that step would take past
+    LONGEST_PROBE_S even at the probe's full rate, flops_per_s / PROBE_SHARE (then the FLOP-rate estimate
+    stands)."""
+    at_best = flops_per_s / PROBE_SHARE * spec.ranks
+    if spec.flops_per_token * spec.batch_tokens / at_best > LONGEST_PROBE_S:
         return spec
     return dataclasses.replace(spec, est_wall_s=run_seconds(spec, startup_s, threads))
 

@@ -26,13 +26,15 @@ def fmt_lr(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def measure_flops_per_s(threads: int) -> float:
-    """Achieved bf16 matmul FLOP/s of one rank, from a ~0.3 s probe.
+PROBE_SHARE = 0.06
+"""The share of the matmul probe's rate that small models reach (narrow matmuls, optimizer, softmax, eval):
+the sample sweep's tiny models achieved 13-20 GFLOP/s per thread where the probe measured about 280 on a
+2-core CPU. Wider ones reach more, which is why a sweep that trains here is estimated from measured steps
+instead (tasks.plan.calibrate)."""
 
-    Small models reach only a fraction of it (narrow matmuls, optimizer, softmax, eval): the
-    sample sweep's tiny models achieved 13-20 GFLOP/s per thread where this probe measured about
-    280 on the same 2-core CPU, hence the factor 0.06.
-    """
+
+def measure_flops_per_s(threads: int) -> float:
+    """Training FLOP/s of one rank as PROBE_SHARE of a ~0.3 s bf16 matmul probe."""
     import torch
 
     old = torch.get_num_threads()
@@ -44,7 +46,7 @@ def measure_flops_per_s(threads: int) -> float:
         n += 1
     dt = time.perf_counter() - t0
     torch.set_num_threads(old)
-    return 0.06 * n * 2 * 256**3 / dt
+    return PROBE_SHARE * n * 2 * 256**3 / dt
 
 
 def threads_per_rank(cfg: SweepConfig) -> int:

@@ -67,11 +67,14 @@ def test_a_named_flop_rate_or_a_cluster_keeps_the_flop_rate_estimate(tmp_path, s
     assert calls == []
 
 
-def test_a_model_whose_step_the_flop_rate_puts_past_seconds_is_not_measured(tmp_path, step_cache, monkeypatch):
+def test_a_model_whose_step_would_take_seconds_even_at_the_probes_rate_is_not_measured(
+    tmp_path, step_cache, monkeypatch
+):
     calls = count_measurements(monkeypatch)
     _, plan = plan_measured(tmp_path)
     (spec, *_) = plan.runs
-    slow = calibrate.estimated(spec, 8.0, 1, flops_per_s=spec.flops_per_token * spec.batch_tokens / 60)
-    assert slow is spec  # a minute a step by the FLOP rate: the FLOP-rate estimate stands
-    fast = calibrate.estimated(spec, 8.0, 1, flops_per_s=spec.flops_per_token * spec.batch_tokens * 10)
+    step_flops = spec.flops_per_token * spec.batch_tokens
+    slow = calibrate.estimated(spec, 8.0, 1, flops_per_s=step_flops * calibrate.PROBE_SHARE / 60)
+    assert slow is spec  # a minute a step even at the probe's full rate: the FLOP-rate estimate stands
+    fast = calibrate.estimated(spec, 8.0, 1, flops_per_s=step_flops * calibrate.PROBE_SHARE)  # a second
     assert fast.est_wall_s == spec.est_wall_s and len(calls) == 2  # the plan's own measurements, cached
