@@ -1,7 +1,6 @@
 """The executors benchmark: its cut of the sample sweep, and one point timed on local, Slurm and Ray against
 the tests' engines (tests.tasks.cluster.engines), each row read back from its table."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from tasks.config import load_sweep, parse_overrides, resolve_sweep_path
 from tasks.plan import plan_sweep
 from tests.conftest import ROOT
 from tests.tasks.bench.support import RATIO, TINY_SETS, table
+from tests.tasks.cluster import netns
 from tests.tasks.cluster.ray_cluster import ray_missing
 from tests.tasks.cluster.slurm_cluster import slurm_missing
 
@@ -27,10 +27,7 @@ def test_the_cut_sample_sweep_has_a_point_per_size_trained_one_at_a_time_with_th
 
 @pytest.mark.slow
 def test_the_benchmark_times_a_point_on_local_slurm_and_ray():
-    if why := slurm_missing() or ray_missing():
-        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):
-            pytest.fail(f"the engines are required here (SCALING_REQUIRE_CLUSTERS) but {why}")
-        pytest.skip(why)
+    netns.required("Slurm and Ray", slurm_missing() or ray_missing())
     bench = [str(Path(sys.executable).with_name("scaling")), "bench", "executors", "--points", "1", *TINY_SETS]
     bench += ["--set", "cluster.slurm.poll_s=1"]
     proc = subprocess.run(

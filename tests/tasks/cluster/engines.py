@@ -30,23 +30,18 @@ def main(argv: list[str]) -> int:
         print(f"cannot start the engines here: {why}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, stopped)  # killed, it still stops the engines on its way out
-    ns = netns.LoopbackNamespace("scaling-engines")
-    try:
-        with tempfile.TemporaryDirectory(prefix="scaling-engines-") as tmp:
-            slurm = slurm_cluster.start(Path(tmp), ns)
+    with tempfile.TemporaryDirectory(prefix="scaling-engines-") as tmp, netns.namespace("scaling-engines") as ns:
+        slurm = slurm_cluster.start(Path(tmp), ns)
+        try:
+            ray = ray_cluster.start(Path(tmp) / "ray", ns)
             try:
-                ray = ray_cluster.start(Path(tmp) / "ray", ns)
-                try:
-                    # The user's own HOME: what COMMAND built before (DeepSpeed's op, Prefect's database)
-                    # stays built.
-                    env = {**slurm.env, "RAY_ADDRESS": ray.address, "RAY_USAGE_STATS_ENABLED": "0"}
-                    return subprocess.run(ns.command(*argv), env=env).returncode
-                finally:
-                    ray_cluster.stop(ray)
+                # The user's own HOME: what COMMAND built before (DeepSpeed's op, Prefect's database) stays built.
+                env = {**slurm.env, "RAY_ADDRESS": ray.address, "RAY_USAGE_STATS_ENABLED": "0"}
+                return subprocess.run(ns.command(*argv), env=env).returncode
             finally:
-                slurm_cluster.stop(slurm)
-    finally:
-        ns.delete()
+                ray_cluster.stop(ray)
+        finally:
+            slurm_cluster.stop(slurm)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,15 @@ reach them. Everything that talks to them runs in it too (`command`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 
 def missing() -> list[str]:
@@ -28,5 +34,35 @@ class LoopbackNamespace:
         # nsenter, not `ip netns exec`: that one mounts a /sys of its own, where slurmd finds no cgroups.
         return ["nsenter", f"--net={self.path}", *map(str, argv)]
 
+    def pids(self) -> list[int]:
+        """The processes inside the namespace, and their command lines."""
+        inode, found = os.stat(self.path).st_ino, []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and os.stat(proc / "ns" / "net").st_ino == inode:
+                    found.append((int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        return found
+
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+@contextmanager
+def namespace(prefix: str) -> Iterator[LoopbackNamespace]:
+    """A LoopbackNamespace for the block, deleted after it whatever happened in it."""
+    ns = LoopbackNamespace(prefix)
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+def required(what: str, why: str | None) -> None:
+    """Skip a test whose engine cannot start here (`why`); in CI, which sets SCALING_REQUIRE_CLUSTERS because
+    the engines' tests must run there, fail it instead."""
+    if why:
+        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):
+            pytest.fail(f"{what} is required here (SCALING_REQUIRE_CLUSTERS) but {why}")
+        pytest.skip(why)

@@ -122,14 +122,8 @@ def stop(cluster: Slurm) -> None:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    if why := slurm_missing():
-        if os.environ.get("SCALING_REQUIRE_CLUSTERS"):
-            pytest.fail(f"Slurm is required here (SCALING_REQUIRE_CLUSTERS) but {why}")
-        pytest.skip(why)
-    ns = netns.LoopbackNamespace("scaling-slurm")
-    try:
+    netns.required("Slurm", slurm_missing())
+    with netns.namespace("scaling-slurm") as ns:
         cluster = start(tmp_path_factory.mktemp("cluster"), ns)
         yield cluster
         stop(cluster)
-    finally:
-        ns.delete()
