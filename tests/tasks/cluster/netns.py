@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,3 +66,16 @@ def required(what: str, why: str | None) -> None:
         if os.environ.get("SCALING_REQUIRE_CLUSTERS"):
             pytest.fail(f"{what} is required here (SCALING_REQUIRE_CLUSTERS) but {why}")
         pytest.skip(why)
+
+
+@contextmanager
+def engine(what: str, why: str | None, start: Callable, stop: Callable, base: Path) -> Iterator:
+    """An engine the tests start (`start(base, ns)`, `stop(cluster)`) in a namespace of its own, for the
+    block; `why` it cannot start here, if anything, skips or fails the test first (`required`)."""
+    required(what, why)
+    with namespace(f"scaling-{what.lower()}") as ns:
+        cluster = start(base, ns)
+        try:
+            yield cluster
+        finally:
+            stop(cluster)

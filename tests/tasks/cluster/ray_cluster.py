@@ -83,8 +83,5 @@ def ray_processes(cluster: Ray) -> list[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def ray(tmp_path_factory):
-    netns.required("Ray", ray_missing())
-    with netns.namespace("scaling-ray") as ns:
-        cluster = start(tmp_path_factory.mktemp("ray"), ns)
+    with netns.engine("Ray", ray_missing(), start, stop, tmp_path_factory.mktemp("ray")) as cluster:
         yield cluster
-        stop(cluster)

@@ -122,8 +122,5 @@ def stop(cluster: Slurm) -> None:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    netns.required("Slurm", slurm_missing())
-    with netns.namespace("scaling-slurm") as ns:
-        cluster = start(tmp_path_factory.mktemp("cluster"), ns)
+    with netns.engine("Slurm", slurm_missing(), start, stop, tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
-        stop(cluster)
