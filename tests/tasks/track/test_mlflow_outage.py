@@ -40,8 +40,7 @@ from tests.conftest import curve_losses, tiny_sweep
 PERIOD_S = 20.0  # the flapping period: up 20 s, down 20 s, ...
 # Two runs of the same point sharing one core still differ: on CI's loaded 2-core machine, with another test on
 # the other core, the median step of a run with MLflow down came out 5.5% over its reference's (60.1 against
-# 56.9 ms) where nothing MLflow does is in that step. The bound leaves room for that noise; a stall on the
-# store (each send blocking training, retrying with backoff) costs far more than 10%.
+# 56.9 ms) where nothing MLflow does is in that step. The bound leaves room for that noise.
 MAX_OVERHEAD = 0.10
 
 
